@@ -1,0 +1,5 @@
+"""``python -m icas_ray`` runs the ``icas`` command line."""
+
+from icas_ray.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""One module per ``icas`` subcommand; each defines ``command`` (a click command or group)."""

@@ -1,0 +1,163 @@
+"""Decoding and resizing: bytes -> ``(H, W, 3) uint8`` RGB arrays, with limits.
+
+Every image that enters a pipeline goes through :func:`decode`: grayscale, palette, RGBA and
+16-bit images all come out as 8-bit RGB, so features never see mixed shapes. Files that cannot
+be decoded raise :class:`DecodeError` with a short reason that ends up in the manifest.
+
+Example:
+    >>> import io, numpy as np
+    >>> from PIL import Image
+    >>> buf = io.BytesIO(); Image.new("L", (8, 4), 7).save(buf, "PNG")
+    >>> decode(buf.getvalue()).shape
+    (4, 8, 3)
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from icas_ray.errors import ConfigError
+
+__all__ = ["DEFAULT_MAX_PIXELS", "DecodeError", "ReadConfig", "decode", "resize", "to_gray"]
+
+#: Larger images are refused (decompression bombs, accidental gigapixel scans): 100 MP.
+DEFAULT_MAX_PIXELS = 100_000_000
+
+# Truncated files must fail loudly, not decode to half-grey images.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+class DecodeError(ValueError):
+    """A file that is not a decodable image; ``str(e)`` is the reason for the manifest."""
+
+
+@dataclass(frozen=True)
+class ReadConfig:
+    """How images are read before feature extraction.
+
+    Args:
+        size: ``(width, height)`` every image is resized to; None keeps the size.
+        scale: factor applied to both sides (the seed's ``scale``); ignored when ``size`` is set.
+        max_side: fit the image inside ``max_side`` x ``max_side`` (keeping aspect) when no
+            size/scale is given; None = no limit.
+        max_pixels: images with more pixels are refused as "exceeds pixel limit".
+    """
+
+    size: tuple[int, int] | None = None
+    scale: float | None = None
+    max_side: int | None = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    def __post_init__(self) -> None:
+        if self.size is not None:
+            if len(self.size) != 2 or min(self.size) < 1:
+                raise ConfigError(f"size {self.size!r} is invalid: expected WxH with W, H >= 1, e.g. 64x64")
+        if self.scale is not None and not (0 < self.scale <= 16):
+            raise ConfigError(f"scale {self.scale!r} is out of range: expected 0 < scale <= 16")
+        if self.max_side is not None and self.max_side < 1:
+            raise ConfigError(f"max_side {self.max_side!r} is invalid: expected >= 1")
+        if self.max_pixels < 1:
+            raise ConfigError(f"max_pixels {self.max_pixels!r} is invalid: expected >= 1")
+
+    def target_size(self, width: int, height: int) -> tuple[int, int]:
+        """The ``(width, height)`` an image of the given size is resized to."""
+        if self.size is not None:
+            return self.size
+        if self.scale is not None:
+            return max(1, round(width * self.scale)), max(1, round(height * self.scale))
+        if self.max_side is not None and max(width, height) > self.max_side:
+            f = self.max_side / max(width, height)
+            return max(1, round(width * f)), max(1, round(height * f))
+        return width, height
+
+
+def _to_rgb8(im: Image.Image) -> np.ndarray:
+    mode = im.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(im)
+        if arr.dtype != np.uint16:
+            # 32-bit integer PNGs: scale by the actual range to avoid all-black results.
+            hi = float(arr.max()) if arr.size else 0.0
+            arr = (arr.astype(np.float64) * (255.0 / hi)).astype(np.uint8) if hi > 255 else arr.astype(np.uint8)
+        else:
+            arr = (arr >> 8).astype(np.uint8)
+        return np.repeat(arr[..., None], 3, axis=2)
+    if mode == "F":
+        arr = np.asarray(im, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = ((arr - lo) * (255.0 / (hi - lo if hi > lo else 1.0))).astype(np.uint8)
+        return np.repeat(arr[..., None], 3, axis=2)
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
+        # Composite on white: transparent regions look like the paper they would be shown on.
+        rgba = im.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(bg, rgba).convert("RGB"))
+    if mode != "RGB":
+        im = im.convert("RGB")
+    return np.asarray(im)
+
+
+def decode(data: bytes, config: ReadConfig | None = None) -> np.ndarray:
+    """Decode image bytes to an RGB array, resized as ``config`` says.
+
+    Args:
+        data: the file's bytes.
+        config: size/scale/limits; None decodes at full size with the default pixel limit.
+
+    Returns:
+        ``(H, W, 3) uint8`` RGB array (C-contiguous).
+
+    Raises:
+        DecodeError: empty file, not an image, truncated, or above the pixel limit.
+    """
+    config = config or ReadConfig()
+    if not data:
+        raise DecodeError("empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+            width, height = im.size
+            if width * height > config.max_pixels:
+                raise DecodeError(
+                    f"exceeds pixel limit ({width}x{height} > {config.max_pixels} pixels)"
+                )
+            tw, th = config.target_size(width, height)
+            if im.format == "JPEG" and (tw < width or th < height):
+                im.draft("RGB", (tw, th))  # decode at a reduced scale: much faster
+            im.load()
+            arr = _to_rgb8(im)
+    except DecodeError:
+        raise
+    except UnidentifiedImageError as e:
+        raise DecodeError("cannot identify image (not an image or unsupported format)") from e
+    except Image.DecompressionBombError as e:
+        raise DecodeError(f"exceeds pixel limit ({e})") from e
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        text = str(e)
+        reason = "truncated" if "truncated" in text or "broken" in text or isinstance(e, EOFError) \
+            else f"corrupt ({text})"
+        raise DecodeError(reason) from e
+    if (arr.shape[1], arr.shape[0]) != (tw, th):
+        arr = resize(arr, (tw, th))
+    return np.ascontiguousarray(arr)
+
+
+def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize to ``(width, height)``; area interpolation when shrinking, linear when growing."""
+    w, h = size
+    shrink = w * h < image.shape[0] * image.shape[1]
+    return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def to_gray(image: np.ndarray) -> np.ndarray:
+    """``(H, W, 3) uint8`` RGB -> ``(H, W) uint8`` luma (ITU-R 601, as OpenCV and Pillow)."""
+    if image.ndim == 2:
+        return image
+    return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)

@@ -1,0 +1,5 @@
+"""Ray orchestration: Ray Data reading, feature actors, per-batch similarity, merge, writing.
+
+Only this package (and :mod:`icas_ray.serve`) imports Ray; everything it runs is pure code
+from the other modules.
+"""

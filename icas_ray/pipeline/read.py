@@ -1,0 +1,107 @@
+"""Ray Data reading: a listing becomes a Dataset of rows with bytes or decoded images.
+
+Reading happens in our own ``map_batches`` (not ``ray.data.read_images``) so that a file that
+cannot be read or decoded stays a row with ``status="error"`` and a reason, instead of failing
+the whole job.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from icas_ray.images import DecodeError, ReadConfig, decode
+from icas_ray.storage import FileInfo, Storage
+
+if TYPE_CHECKING:
+    import ray.data
+
+__all__ = ["DecodeImages", "listing_dataset", "read_binary", "read_bytes_batch"]
+
+logger = logging.getLogger(__name__)
+
+STATUS_OK = "ok"
+STATUS_ERROR = "error"
+
+#: Rows per Ray Data block of the listing: small enough to spread reads over workers.
+_ROWS_PER_BLOCK = 64
+
+
+def listing_dataset(files: Sequence[FileInfo], *, columns: dict[str, Sequence[Any]] | None = None,
+                    ) -> ray.data.Dataset:
+    """A Dataset with one row per file: ``uri``, ``size`` and any extra ``columns``."""
+    import ray.data
+
+    items: dict[str, Any] = {
+        "uri": np.array([f.uri for f in files], dtype=object),
+        "size": np.array([f.size for f in files], dtype=np.int64),
+    }
+    for name, values in (columns or {}).items():
+        items[name] = np.asarray(values)
+    import pandas as pd
+
+    n_blocks = max(1, min(len(files) // _ROWS_PER_BLOCK + 1, 10_000))
+    frame = pd.DataFrame(items)
+    bounds = np.linspace(0, len(frame), n_blocks + 1).astype(int)
+    return ray.data.from_pandas([frame.iloc[a:b] for a, b in zip(bounds[:-1], bounds[1:])])
+
+
+def read_bytes_batch(batch: dict[str, np.ndarray], storage: Storage) -> dict[str, np.ndarray]:
+    """Ray Data UDF: add ``bytes``, ``status`` and ``error`` columns by reading each ``uri``."""
+    from icas_ray.errors import IcasError
+
+    uris = batch["uri"]
+    data = np.empty(len(uris), dtype=object)
+    status = np.full(len(uris), STATUS_OK, dtype=object)
+    error = np.full(len(uris), "", dtype=object)
+    for i, uri in enumerate(uris):
+        try:
+            data[i] = storage.read_bytes(str(uri))
+        except (OSError, IcasError) as e:
+            data[i], status[i], error[i] = b"", STATUS_ERROR, f"unreadable ({e})"
+    return {**batch, "bytes": data, "status": status, "error": error}
+
+
+class DecodeImages:
+    """Ray Data UDF: decode ``bytes`` into ``image`` (RGB uint8) rows; failures keep a reason.
+
+    The ``image`` column holds one array per row (object column) because sizes may differ.
+    """
+
+    def __init__(self, config: ReadConfig) -> None:
+        self.config = config
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = len(batch["uri"])
+        images = np.empty(n, dtype=object)
+        status = batch["status"].copy()
+        error = batch["error"].copy()
+        for i in range(n):
+            images[i] = None
+            if status[i] != STATUS_OK:
+                continue
+            try:
+                images[i] = decode(batch["bytes"][i], self.config)
+            except DecodeError as e:
+                status[i], error[i] = STATUS_ERROR, str(e)
+        out = {k: v for k, v in batch.items() if k != "bytes"}
+        out.update(image=images, status=status, error=error)
+        return out
+
+
+def read_binary(uri: str, *, storage: Storage | None = None, sniff: bool = False,
+                ) -> ray.data.Dataset:
+    """List the images under ``uri`` and read them with Ray Data.
+
+    Returns:
+        A Dataset with columns ``uri``, ``size``, ``bytes``, ``status``, ``error``; one row per
+        listed image, unreadable files included with ``status="error"``.
+    """
+    storage = storage or Storage()
+    files = storage.list_images(uri, sniff=sniff)
+    return listing_dataset(files).map_batches(
+        read_bytes_batch, fn_kwargs={"storage": storage}, batch_format="numpy", num_cpus=0.5,
+    )

@@ -1,0 +1,112 @@
+"""Connecting to Ray: an embedded local Ray bound to loopback, or an existing cluster.
+
+The embedded Ray must not listen on the machine's network interfaces: on a laptop that would
+be an open door. Ray chooses its node address when ``ray`` is first imported (its constant
+``ENABLE_RAY_CLUSTER``); with ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` it picks 127.0.0.1 for
+every port. :func:`init_ray` sets that before importing Ray, and patches the constant when Ray
+was imported earlier by the caller.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from icas_ray.errors import ConfigError
+
+__all__ = ["ResourceConfig", "init_ray", "loopback_env", "cluster_cpus", "cluster_gpus"]
+
+logger = logging.getLogger(__name__)
+
+LOOPBACK = "127.0.0.1"
+
+
+def loopback_env() -> dict[str, str]:
+    """Environment variables that keep an embedded Ray on loopback and offline."""
+    return {
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # bind every port to 127.0.0.1
+        "RAY_USAGE_STATS_ENABLED": "0",  # no usage report: nothing leaves the machine
+    }
+
+
+@dataclass(frozen=True)
+class ResourceConfig:
+    """Where and how big the Ray runtime is.
+
+    Args:
+        address: None starts an embedded local Ray; ``auto`` or ``ray://host:10001`` joins a
+            running cluster.
+        num_cpus: CPUs of the embedded Ray (None = all of the machine's).
+        num_gpus: GPUs of the embedded Ray (None = detected).
+        dashboard: start Ray's dashboard with the embedded Ray (on 127.0.0.1:8265).
+    """
+
+    address: str | None = None
+    num_cpus: int | None = None
+    num_gpus: int | None = None
+    dashboard: bool = False
+
+    def __post_init__(self) -> None:
+        if self.num_cpus is not None and self.num_cpus < 1:
+            raise ConfigError(f"num_cpus {self.num_cpus} is invalid: expected >= 1")
+        if self.num_gpus is not None and self.num_gpus < 0:
+            raise ConfigError(f"num_gpus {self.num_gpus} is invalid: expected >= 0")
+
+
+def init_ray(resources: ResourceConfig | None = None) -> bool:
+    """Connect to Ray as ``resources`` says, unless this process already is.
+
+    Returns:
+        True if this call started (or connected) Ray, False if it was already initialised.
+    """
+    resources = resources or ResourceConfig()
+    if resources.address is None:
+        for key, value in loopback_env().items():
+            os.environ.setdefault(key, value)
+        if "ray._private.ray_constants" in sys.modules:
+            # Ray was imported before we could set the variable: apply it directly.
+            from ray._private import ray_constants
+
+            if os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") == "0":
+                ray_constants.ENABLE_RAY_CLUSTER = False
+    import ray
+
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": True}
+    if resources.address is None:
+        kwargs.update(
+            num_cpus=resources.num_cpus,
+            num_gpus=resources.num_gpus,
+            include_dashboard=resources.dashboard,
+            dashboard_host=LOOPBACK,
+        )
+        logger.info("starting an embedded local Ray (loopback only)")
+    else:
+        kwargs["address"] = resources.address
+        logger.info("connecting to the Ray cluster at %s", resources.address)
+    try:
+        ray.init(**kwargs)
+    except ConnectionError as e:
+        raise ConfigError(
+            f"cannot connect to Ray at {resources.address!r}: start it with `ray start --head` "
+            "or drop --address to use an embedded local Ray"
+        ) from e
+    return True
+
+
+def cluster_cpus() -> float:
+    """CPUs in the running Ray cluster."""
+    import ray
+
+    return float(ray.cluster_resources().get("CPU", 1.0))
+
+
+def cluster_gpus() -> float:
+    """GPUs in the running Ray cluster."""
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0.0))

@@ -1,0 +1,151 @@
+"""Storage on local paths, file:// URIs and s3:// through the loopback S3 server."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from icas_ray.errors import InputError, StorageError
+from icas_ray.storage import Storage, StorageOptions, parse_storage_options, sniff_image
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32
+
+
+def _populate(st: Storage, root: str) -> None:
+    st.write_bytes(st.join(root, "a.png"), PNG)
+    st.write_bytes(st.join(root, "sub", "b.JPG"), b"\xff\xd8\xff" + b"1" * 10)
+    st.write_bytes(st.join(root, "sub", "deeper", "c.webp"), b"RIFF\x00\x00\x00\x00WEBP")
+    st.write_bytes(st.join(root, "notes.txt"), b"hello")
+    st.write_bytes(st.join(root, "sub", "noext"), PNG)
+    st.write_bytes(st.join(root, ".hidden.png"), PNG)
+
+
+@pytest.fixture(params=["local", "file", "s3"])
+def root(request, tmp_path):  # type: ignore[no-untyped-def]
+    if request.param == "local":
+        return Storage(), str(tmp_path / "root")
+    if request.param == "file":
+        return Storage(), "file://" + str(tmp_path / "root")
+    server = request.getfixturevalue("s3_server")
+    bucket = request.getfixturevalue("s3_bucket")
+    return server.storage(), f"s3://{bucket}/root"
+
+
+def test_list_images_recursive_filters_non_images(root):  # type: ignore[no-untyped-def]
+    st, base = root
+    _populate(st, base)
+    names = sorted(os.path.relpath(f.uri, base) for f in st.list_images(base))
+    assert names == ["a.png", "sub/b.JPG", "sub/deeper/c.webp"]
+    sizes = {os.path.basename(f.uri): f.size for f in st.list_images(base)}
+    assert sizes["a.png"] == len(PNG)
+    # Content sniffing finds the PNG without an extension, but not the text file.
+    sniffed = sorted(os.path.relpath(f.uri, base) for f in st.list_images(base, sniff=True))
+    assert sniffed == ["a.png", "sub/b.JPG", "sub/deeper/c.webp", "sub/noext"]
+
+
+def test_read_write_copy_move_delete(root):  # type: ignore[no-untyped-def]
+    st, base = root
+    src = st.join(base, "x", "one.png")
+    st.write_bytes(src, PNG)
+    assert st.read_bytes(src) == PNG and st.exists(src) and st.size(src) == len(PNG)
+    st.write_bytes(src, PNG + b"more")  # atomic replace
+    assert st.read_bytes(src) == PNG + b"more"
+    dst = st.join(base, "y", "copy.png")
+    st.copy(src, dst)
+    assert st.read_bytes(dst) == st.read_bytes(src)
+    moved = st.join(base, "z", "moved.png")
+    st.move(src, moved)
+    assert not st.exists(src) and st.read_bytes(moved) == PNG + b"more"
+    st.delete(moved)
+    assert not st.exists(moved)
+
+
+def test_atomic_write_leaves_no_temporary_files(tmp_path):  # type: ignore[no-untyped-def]
+    st = Storage()
+    for i in range(5):
+        st.write_bytes(str(tmp_path / "f.bin"), bytes([i]) * 100)
+    assert os.listdir(tmp_path) == ["f.bin"]
+
+
+def test_move_keeps_source_when_copy_fails(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+    """The source disappears only after the copy is verified."""
+    st = Storage()
+    src = str(tmp_path / "src.png")
+    st.write_bytes(src, PNG)
+    monkeypatch.setattr(os, "rename", lambda a, b: (_ for _ in ()).throw(OSError("cross-device")))
+    real_size = st.size
+    monkeypatch.setattr(st, "size", lambda uri: real_size(uri) - 1 if "dst" in uri else real_size(uri))
+    with pytest.raises(StorageError, match="incomplete"):
+        st.move(src, str(tmp_path / "dst.png"))
+    assert st.read_bytes(src) == PNG
+
+
+def test_cross_filesystem_move(tmp_path, s3_server, s3_bucket):  # type: ignore[no-untyped-def]
+    st = s3_server.storage()
+    src = str(tmp_path / "local.png")
+    st.write_bytes(src, PNG)
+    dst = f"s3://{s3_bucket}/moved/local.png"
+    st.move(src, dst)
+    assert not os.path.exists(src) and st.read_bytes(dst) == PNG
+    back = str(tmp_path / "back.png")
+    st.copy(dst, back)
+    assert open(back, "rb").read() == PNG
+
+
+def test_missing_local_path_is_one_line_error(tmp_path):  # type: ignore[no-untyped-def]
+    with pytest.raises(InputError, match=r"does not exist: check the path") as e:
+        Storage().list_images(str(tmp_path / "nope"))
+    assert "\n" not in str(e.value)
+
+
+def test_missing_bucket_is_one_line_error(s3_server):  # type: ignore[no-untyped-def]
+    with pytest.raises(StorageError, match=r"bucket 'no-such-bucket-x' does not exist") as e:
+        s3_server.storage().list_images("s3://no-such-bucket-x/images")
+    assert "\n" not in str(e.value)
+
+
+def test_missing_s3_prefix_is_one_line_error(s3_server, s3_bucket):  # type: ignore[no-untyped-def]
+    with pytest.raises(InputError, match="does not exist"):
+        s3_server.storage().list_images(f"s3://{s3_bucket}/nothing-here")
+
+
+def test_bad_credentials_are_one_line_error(s3_server, s3_bucket, monkeypatch):  # type: ignore[no-untyped-def]
+    # The moto server runs in this process; make it check signatures like real S3 does.
+    import moto.settings
+
+    monkeypatch.setattr(moto.settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)
+    st = s3_server.storage(key="WRONGKEY", secret="wrong")
+    with pytest.raises(StorageError, match="access denied .* check the AWS credentials") as e:
+        st.list_images(f"s3://{s3_bucket}/x")
+    assert "\n" not in str(e.value)
+
+
+def test_unsupported_scheme():  # type: ignore[no-untyped-def]
+    from icas_ray.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unsupported URI scheme 'gs'"):
+        Storage().list_images("gs://bucket/x")
+
+
+def test_parse_storage_options():  # type: ignore[no-untyped-def]
+    opts = parse_storage_options(["endpoint_url=http://127.0.0.1:9", "anon=true", "key=K"])
+    assert opts == StorageOptions(endpoint_url="http://127.0.0.1:9", anon=True, extra={"key": "K"})
+    assert opts.s3_kwargs()["endpoint_url"] == "http://127.0.0.1:9"
+    from icas_ray.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="not key=value"):
+        parse_storage_options(["oops"])
+
+
+def test_sniff_image():  # type: ignore[no-untyped-def]
+    assert sniff_image(PNG) and sniff_image(b"\xff\xd8\xff\xe0") and not sniff_image(b"hello")
+
+
+def test_storage_pickles_without_filesystems(tmp_path):  # type: ignore[no-untyped-def]
+    import pickle
+
+    st = Storage(StorageOptions(endpoint_url="http://127.0.0.1:1"))
+    st.exists(str(tmp_path))
+    clone = pickle.loads(pickle.dumps(st))
+    assert clone.options == st.options and clone._fs_cache == {}
