@@ -1,0 +1,223 @@
+"""``icas segment``: pre-segment every image of a folder (local or S3) with Ray Data.
+
+Listing -> read bytes (Ray tasks) -> decode, segment and store (a pool of actors) -> rows
+with a status per image -> ``manifest.jsonl`` and ``summary.json``. Images whose label map is
+already stored are skipped, so a rerun finishes an interrupted job; files that cannot be read,
+decoded or segmented become ``status="error"`` rows with a reason, never a failed job.
+See :mod:`icas_ray.segment.store` for the output layout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from icas_ray.errors import ConfigError, IcasError, InputError
+from icas_ray.images import ReadConfig
+from icas_ray.pipeline.read import STATUS_ERROR, STATUS_OK, DecodeImages, listing_dataset, read_bytes_batch
+from icas_ray.progress import NullProgress, Progress
+from icas_ray.runtime import ResourceConfig, cluster_cpus, init_ray
+from icas_ray.segment import get_method
+from icas_ray.segment.store import PresegLayout, default_output, encode_labels, encode_preview
+from icas_ray.storage import Storage
+
+__all__ = ["PresegmentConfig", "PresegmentSummary", "SegmentImages", "params_record", "presegment"]
+
+logger = logging.getLogger(__name__)
+
+STATUS_SKIPPED = "skipped"
+
+
+def params_record(method: str, params: Any) -> dict[str, Any]:
+    """JSON-able ``{"method": ..., "params": {...}}`` (the SAM backend is described, not stored)."""
+    values = {}
+    for f in dataclasses.fields(params):
+        v = getattr(params, f.name)
+        if f.name == "backend":
+            v = None if v is None else type(v).__name__
+        values[f.name] = v
+    return json.loads(json.dumps({"method": method, "params": values}, default=list))
+
+
+@dataclass(frozen=True)
+class PresegmentConfig:
+    """What ``icas segment`` does.
+
+    Args:
+        input: folder (or single image) URI, local or ``s3://``.
+        method: segmentation method name (aliases accepted).
+        params: mapping of method parameters (strings are converted) or a Params object.
+        output: output root; None = ``<input>_segmented``.
+        overwrite: redo images that are already done (also needed to change parameters).
+        read: how images are decoded (full size by default: labels match the image).
+        preview_side: longest side of the preview JPEGs.
+        actors: segmentation actors; None = one per CPU of the cluster.
+        cpus_per_actor: CPUs reserved per actor; fractional so that read tasks still fit on
+            a small machine (a full CPU per actor deadlocks Ray Data on 2 CPUs).
+    """
+
+    input: str
+    method: str
+    params: Any = None
+    output: str | None = None
+    overwrite: bool = False
+    read: ReadConfig = field(default_factory=ReadConfig)
+    preview_side: int = 256
+    actors: int | None = None
+    cpus_per_actor: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.actors is not None and self.actors < 1:
+            raise ConfigError(f"actors={self.actors} is invalid: expected >= 1")
+        if not 0 < self.cpus_per_actor <= 64:
+            raise ConfigError(f"cpus_per_actor={self.cpus_per_actor} is invalid: expected 0 < c <= 64")
+        if self.preview_side < 16:
+            raise ConfigError(f"preview_side={self.preview_side} is invalid: expected >= 16")
+
+
+@dataclass
+class PresegmentSummary:
+    """Counts of one run; ``errors`` lists ``{"uri", "error"}`` of the images that failed."""
+
+    method: str
+    input: str
+    output: str
+    images: int = 0
+    segmented: int = 0
+    skipped: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    errors: list[dict[str, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class SegmentImages:
+    """Ray Data actor: decode, segment and store a batch; one result row per image.
+
+    Built once per actor (the SAM backend, if any, is loaded here), then called on batches
+    with ``uri``, ``bytes``, ``status`` and ``error`` columns.
+    """
+
+    def __init__(self, method: str, params: Any, layout: PresegLayout, storage: Storage,
+                 read: ReadConfig, preview_side: int) -> None:
+        import cv2
+
+        cv2.setNumThreads(1)  # parallelism comes from the actors
+        self.method = get_method(method)
+        self.params = self.method.make_params(params)
+        self.layout, self.storage, self.preview_side = layout, storage, preview_side
+        self.decode = DecodeImages(read)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import cv2
+
+        rows = self.decode(batch)
+        n = len(rows["uri"])
+        status, error = rows["status"].copy(), rows["error"].copy()
+        segments = np.zeros(n, np.int64)
+        labels_uri = np.full(n, "", dtype=object)
+        seconds = np.zeros(n, np.float64)
+        for i in range(n):
+            if status[i] != STATUS_OK:
+                continue
+            uri, image = str(rows["uri"][i]), rows["image"][i]
+            t0 = time.perf_counter()
+            try:
+                labels = self.method(image, self.params)
+                data, suffix = encode_labels(labels)
+                self.storage.write_bytes(self.layout.preview_uri(uri),
+                                         encode_preview(image, labels, self.preview_side))
+                # The label map is written last: its presence marks the image as done.
+                labels_uri[i] = self.layout.labels_uri(uri, suffix)
+                self.storage.write_bytes(labels_uri[i], data)
+                segments[i] = len(np.unique(labels[labels > 0]))
+            except (IcasError, cv2.error) as e:
+                status[i], error[i] = STATUS_ERROR, f"segmentation failed: {str(e).strip().splitlines()[-1]}"
+            seconds[i] = time.perf_counter() - t0
+        return {"uri": rows["uri"], "status": status, "error": error, "segments": segments,
+                "labels_uri": labels_uri, "seconds": seconds}
+
+
+def presegment(config: PresegmentConfig, *, storage: Storage | None = None,
+               resources: ResourceConfig | None = None, progress: Progress | None = None,
+               ) -> PresegmentSummary:
+    """Pre-segment every image under ``config.input``; see the module docstring.
+
+    Raises:
+        ConfigError: unknown method, bad parameters, stored labels made with other parameters
+            (use ``overwrite``), or the output inside the input.
+        InputError: the input does not exist or holds no images.
+    """
+    import ray
+
+    storage = storage or Storage()
+    method = get_method(config.method)
+    params = method.make_params(config.params)
+    if method.needs_backend and getattr(params, "backend", None) is None:
+        raise ConfigError("method sam needs a SAM backend: give --sam-url URL of `icas serve`")
+    output = (config.output or default_output(config.input)).rstrip("/")
+    layout = PresegLayout(config.input.rstrip("/"), output, method.name)
+    record = params_record(method.name, params)
+    if storage.exists(layout.params_uri) and not config.overwrite:
+        previous = json.loads(storage.read_text(layout.params_uri))
+        if previous != record:
+            raise ConfigError(f"{layout.folder} holds labels made with other parameters "
+                              f"({previous['params']}): add --overwrite or choose another --output")
+    t0 = time.perf_counter()
+    files = storage.list_images(config.input, exclude=(output,))
+    if not files:
+        raise InputError(f"no images found under {config.input!r}: check the path")
+    done = set() if config.overwrite else layout.done(storage)
+    todo = [f for f in files if layout.relative(f.uri) not in done]
+    summary = PresegmentSummary(method=method.name, input=config.input, output=output,
+                                images=len(files), skipped=len(files) - len(todo))
+    storage.write_text(layout.params_uri, json.dumps(record, indent=2))
+    logger.info("segmenting %d image(s) with %s (%d already done)", len(todo), method.name,
+                summary.skipped)
+    manifest = [{"uri": f.uri, "status": STATUS_SKIPPED, "error": "", "segments": None,
+                 "labels_uri": None} for f in files if layout.relative(f.uri) in done]
+    if todo:
+        init_ray(resources)
+        size = config.actors or max(1, min(len(todo), int(cluster_cpus())))
+        ds = listing_dataset(todo).map_batches(
+            read_bytes_batch, fn_kwargs={"storage": storage}, batch_format="numpy",
+            batch_size=4, num_cpus=0.25,
+        ).map_batches(
+            SegmentImages,
+            fn_constructor_kwargs={"method": method.name, "params": params, "layout": layout,
+                                   "storage": storage, "read": config.read,
+                                   "preview_side": config.preview_side},
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=size),
+            num_cpus=config.cpus_per_actor, batch_size=1, batch_format="numpy",
+        )
+        progress = progress or NullProgress()
+        progress.start("segment", len(todo))
+        count = 0
+        for row in ds.iter_rows():
+            count += 1
+            ok = row["status"] == STATUS_OK
+            summary.segmented += int(ok)
+            if not ok:
+                summary.failed += 1
+                summary.errors.append({"uri": str(row["uri"]), "error": str(row["error"])})
+            manifest.append({"uri": str(row["uri"]), "status": str(row["status"]),
+                             "error": str(row["error"]),
+                             "segments": int(row["segments"]) if ok else None,
+                             "labels_uri": str(row["labels_uri"]) if ok else None})
+            progress.advance("segment", count, len(todo))
+        progress.finish("segment", f"{summary.segmented} segmented, {summary.failed} failed")
+    summary.seconds = round(time.perf_counter() - t0, 3)
+    manifest.sort(key=lambda r: r["uri"])
+    storage.write_text(layout.manifest_uri, "".join(json.dumps(r) + "\n" for r in manifest))
+    storage.write_text(layout.summary_uri, json.dumps(summary.to_dict(), indent=2))
+    logger.info("segmented %d, skipped %d, failed %d in %.1f s -> %s", summary.segmented,
+                summary.skipped, summary.failed, summary.seconds, layout.folder)
+    return summary

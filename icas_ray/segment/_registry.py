@@ -1,0 +1,263 @@
+"""The registry of segmentation methods and the checks every method shares.
+
+A method is a pure function ``(image, params) -> label map`` registered under a name with its
+frozen ``Params`` dataclass. :func:`segment` validates the image, builds the parameters (from
+defaults, a Params object or keyword overrides), runs the method and checks its output.
+
+Label maps are ``(H, W) int32``: segments numbered from 1, 0 = edge/cut.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar, Union
+
+import numpy as np
+
+from icas_ray.errors import ConfigError, InputError
+
+__all__ = ["SegmentMethod", "check_image", "get_method", "method_names", "register", "segment"]
+
+logger = logging.getLogger(__name__)
+
+MethodFunc = Callable[[np.ndarray, Any], np.ndarray]
+F = TypeVar("F", bound=MethodFunc)
+
+_REGISTRY: dict[str, SegmentMethod] = {}
+_ALIASES: dict[str, str] = {}  # lower-case name or alias -> canonical name
+
+
+def _snake(name: str) -> str:
+    """``sigmaColor`` -> ``sigma_color``: the seed's camelCase names keep working."""
+    return re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name).lower()
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Convert ``value`` (often a CLI string) to the type ``hint`` of a Params field."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
+            if type(None) in args:
+                return None
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            return _coerce(value, inner[0], where)
+        return value
+    if hint is Any or hint is object:
+        return value
+    if isinstance(value, str) and (origin in (tuple, list) or hint in (tuple, list)
+                                   or origin in (dict, Mapping) or hint is dict):
+        text = value.strip()
+        try:
+            value = json.loads(text) if text[:1] in "[{(" else [v for v in text.split(",") if v]
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{where}={value!r} is not valid: expected comma-separated values "
+                              "or JSON, e.g. 10,20,200,220") from e
+    if origin is tuple or hint is tuple:
+        if not isinstance(value, (list, tuple, np.ndarray)):
+            raise ConfigError(f"{where}={value!r} is not a sequence: e.g. 10,20,200,220")
+        if args and args[-1] is Ellipsis:
+            return tuple(_coerce(v, args[0], where) for v in value)
+        if args:
+            if len(value) != len(args):
+                raise ConfigError(f"{where}={value!r} needs {len(args)} values, got {len(value)}")
+            return tuple(_coerce(v, a, where) for v, a in zip(value, args))
+        return tuple(value)
+    if origin in (dict, Mapping) or hint is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}={value!r} is not a mapping: use JSON, e.g. {{\"key\": 1}}")
+        return dict(value)
+    if hint is bool:
+        if isinstance(value, (bool, np.bool_)):
+            return bool(value)
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{where}={value!r} is not a boolean: use true or false")
+    if hint in (int, float, str):
+        if hint is int and isinstance(value, float) and not value.is_integer():
+            raise ConfigError(f"{where}={value!r} is not an integer")
+        if isinstance(value, bool) and hint is not str:
+            raise ConfigError(f"{where}={value!r} is not a {hint.__name__}")
+        try:
+            return hint(value)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{where}={value!r} is not a {'number' if hint is float else hint.__name__}") from e
+    return value
+
+
+@dataclass(frozen=True)
+class SegmentMethod:
+    """A registered method: its function, its Params type and how to call it.
+
+    Attributes:
+        name: canonical name (``chanvese``).
+        func: ``func(image, params) -> label map``; image is ``(H, W, 3) uint8`` RGB.
+        params_type: the method's frozen Params dataclass; its defaults are the seed's.
+        aliases: other accepted names (``chanvase``).
+        summary: one line for help texts.
+        needs_backend: the method needs a SAM backend (``sam``).
+    """
+
+    name: str
+    func: MethodFunc
+    params_type: type
+    aliases: tuple[str, ...] = ()
+    summary: str = ""
+    needs_backend: bool = False
+
+    def param_names(self) -> list[str]:
+        return sorted(f.name for f in dataclasses.fields(self.params_type))
+
+    def defaults(self) -> dict[str, Any]:
+        """The default parameter values (what ``Params()`` holds)."""
+        p = self.params_type()
+        return {f.name: getattr(p, f.name) for f in dataclasses.fields(self.params_type)}
+
+    def make_params(self, values: Mapping[str, Any] | Any | None = None, **overrides: Any) -> Any:
+        """Params from defaults, a Params object or a mapping, plus keyword overrides.
+
+        Values may be strings (from the CLI): they are converted to each field's type.
+        The seed's camelCase names (``sigmaColor``) are accepted for the snake_case fields.
+
+        Raises:
+            ConfigError: unknown parameter (the message lists the valid ones) or a bad value.
+        """
+        if isinstance(values, self.params_type):
+            base: dict[str, Any] = {}
+            start = values
+        else:
+            base = dict(values or {})
+            start = None
+        base.update(overrides)
+        if not base and start is not None:
+            return start
+        fields = {f.name for f in dataclasses.fields(self.params_type)}
+        renamed: dict[str, Any] = {}
+        for key, value in base.items():
+            k = key if key in fields else _snake(key.replace("-", "_"))
+            renamed[k] = value
+        unknown = sorted(k for k in renamed if k not in fields)
+        if unknown:
+            raise ConfigError(
+                f"unknown parameter {', '.join(repr(u) for u in unknown)} for method {self.name}: "
+                f"valid parameters are {', '.join(self.param_names()) or 'none'}"
+            )
+        hints = typing.get_type_hints(self.params_type)
+        converted = {k: _coerce(v, hints[k], f"{self.name} parameter {k}") for k, v in renamed.items()}
+        try:
+            if start is not None:
+                return dataclasses.replace(start, **converted)
+            return self.params_type(**converted)
+        except TypeError as e:  # a value of a type the field cannot take
+            raise ConfigError(f"bad parameters for method {self.name}: {e}") from e
+
+    def __call__(self, image: np.ndarray, params: Any = None, **overrides: Any) -> np.ndarray:
+        """Segment ``image``; see :func:`segment`."""
+        rgb = check_image(image)
+        p = self.make_params(params, **overrides)
+        labels = self.func(rgb, p)
+        return _check_labels(labels, rgb.shape[:2], self.name)
+
+
+def register(name: str, params: type, *, aliases: tuple[str, ...] = (), summary: str = "",
+             needs_backend: bool = False) -> Callable[[F], F]:
+    """Decorator: register a method function under ``name`` (and ``aliases``).
+
+    Raises:
+        ValueError: the name or an alias is already registered (a programming error).
+    """
+
+    def deco(func: F) -> F:
+        keys = [name.lower(), *(a.lower() for a in aliases)]
+        for key in keys:
+            if key in _ALIASES:
+                raise ValueError(f"segmentation method {key!r} is already registered")
+        if not dataclasses.is_dataclass(params):
+            raise TypeError(f"Params of method {name!r} must be a dataclass")
+        method = SegmentMethod(name=name, func=func, params_type=params, aliases=aliases,
+                               summary=summary or (func.__doc__ or "").strip().splitlines()[0],
+                               needs_backend=needs_backend)
+        _REGISTRY[name] = method
+        for key in keys:
+            _ALIASES[key] = name
+        return func
+
+    return deco
+
+
+def method_names() -> list[str]:
+    """Canonical names of the registered methods, sorted (aliases not included)."""
+    return sorted(_REGISTRY)
+
+
+def get_method(name: str) -> SegmentMethod:
+    """The method registered as ``name`` or one of its aliases (case-insensitive).
+
+    Raises:
+        ConfigError: unknown name; the message lists the valid names.
+    """
+    key = _ALIASES.get(str(name).strip().lower())
+    if key is None:
+        raise ConfigError(f"unknown segmentation method {name!r}: must be one of "
+                          f"{', '.join(method_names())}")
+    return _REGISTRY[key]
+
+
+def segment(image: np.ndarray, method: str, params: Any = None, **overrides: Any) -> np.ndarray:
+    """Segment an image with a registered method.
+
+    Args:
+        image: ``(H, W, 3) uint8`` RGB (a ``(H, W)`` grey image is accepted too).
+        method: a name from :func:`method_names` (or an alias such as ``chanvase``).
+        params: the method's Params object or a mapping of parameter values; None = defaults.
+        **overrides: parameter values that replace those of ``params``.
+
+    Returns:
+        ``(H, W) int32`` label map: segments numbered from 1, 0 = edge/cut.
+
+    Raises:
+        ConfigError: unknown method or bad parameters. InputError: not an image array.
+
+    Example:
+        >>> import numpy as np
+        >>> img = np.zeros((40, 60, 3), np.uint8); img[:, 30:] = 255
+        >>> labels = segment(img, "felzenszwalb", min_segment_size=10)
+        >>> labels.shape, labels.dtype.name, int(labels.min()) >= 1
+        ((40, 60), 'int32', True)
+    """
+    return get_method(method)(image, params, **overrides)
+
+
+def check_image(image: Any) -> np.ndarray:
+    """``image`` as a C-contiguous ``(H, W, 3) uint8`` RGB array (grey images are repeated).
+
+    Raises:
+        InputError: not a 2-D grey or 3-channel uint8 array.
+    """
+    arr = np.asarray(image)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8 or min(arr.shape[:2]) < 1:
+        raise InputError(f"image has shape {arr.shape} and dtype {arr.dtype}: expected an "
+                         "(H, W, 3) uint8 RGB array, e.g. from icas_ray.images.decode")
+    return np.ascontiguousarray(arr)
+
+
+def _check_labels(labels: np.ndarray, shape: tuple[int, ...], name: str) -> np.ndarray:
+    out = np.ascontiguousarray(labels, dtype=np.int32)
+    if out.shape != tuple(shape) or (out.size and int(out.min()) < 0):
+        # A bug in the method, not a user error.
+        raise RuntimeError(f"method {name} returned labels of shape {out.shape} "
+                           f"(min {out.min() if out.size else None}); expected {tuple(shape)}, >= 0")
+    return out
