@@ -253,7 +253,7 @@ def build_app(args: SamServeArgs) -> Application:
     from icas_ray.sam import SAM_SPECS
 
     per_entry = SAM_SPECS[args.model_type].embedding_bytes
-    max_cached = max(1, args.cache_mb * 2**20 // per_entry)
+    max_cached = max(1, int(args.cache_mb * 2**20) // per_entry)
     options: dict[str, Any] = {
         "name": DEPLOYMENT_NAME,
         "ray_actor_options": {"num_cpus": args.num_cpus, "num_gpus": args.num_gpus},

@@ -62,7 +62,7 @@ class SamServeArgs(BaseModel):
     num_gpus: float = Field(default=0.0, ge=0)
     device: str | None = None
     torch_threads: int | None = Field(default=None, ge=1)
-    cache_mb: int = Field(default=1024, ge=1)
+    cache_mb: float = Field(default=1024, gt=0)
     token: str | None = None
     max_image_pixels: int = Field(default=50_000_000, ge=1)
     max_upload_mb: float = Field(default=64.0, gt=0)

@@ -49,7 +49,7 @@ def _storage_dict(storage: Storage) -> dict[str, Any]:
 @click.option("--image-store", metavar="URI", default=None,
               help="Where registered images are kept for re-embedding (shared by replicas; "
                    "use s3:// on a multi-node cluster).  [default: a temp folder]")
-@click.option("--cache-mb", type=click.IntRange(min=1), default=None,
+@click.option("--cache-mb", type=click.FloatRange(min=0.001), default=None,
               help="Embedding cache per replica in MiB.  [default: 1024]")
 @storage_options
 @ray_options
@@ -57,7 +57,7 @@ def _storage_dict(storage: Storage) -> dict[str, Any]:
 def command(ctx: click.Context, checkpoint: str | None, model_type: str | None, host: str,
             port: int, replicas: int | None, min_replicas: int | None, max_replicas: int | None,
             gpu: bool, replica_cpus: float | None, token: str | None,
-            embedding_store: str | None, image_store: str | None, cache_mb: int | None,
+            embedding_store: str | None, image_store: str | None, cache_mb: float | None,
             storage: Storage, address: str | None, num_cpus: int | None) -> None:
     """Serve Segment Anything over HTTP until Ctrl-C.
 
