@@ -87,7 +87,7 @@ def render_digit(digit: int, rng: np.random.Generator, *, colour_jitter: bool = 
     image[:] = bg.astype(np.uint8)
     font, scale, thickness = cv2.FONT_HERSHEY_SIMPLEX, size / 40.0, max(2, size // 18)
     (tw, th), _ = cv2.getTextSize(str(digit), font, scale, thickness)
-    jitter = size // 10
+    jitter = size // 32
     x = (size - tw) // 2 + int(rng.integers(-jitter, jitter + 1))
     y = (size + th) // 2 + int(rng.integers(-jitter, jitter + 1))
     cv2.putText(image, str(digit), (x, y), font, scale, tuple(int(c) for c in fg), thickness,

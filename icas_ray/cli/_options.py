@@ -78,3 +78,10 @@ class SizeType(click.ParamType):
             return (w, h)
         except ValueError:
             self.fail(f"{value!r} is not WxH with positive integers, e.g. 64x64", param, ctx)
+
+
+def progress_reporter() -> Any:
+    """The CLI's progress: log lines on stderr."""
+    from icas_ray.progress import LogProgress
+
+    return LogProgress()

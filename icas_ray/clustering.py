@@ -1,0 +1,269 @@
+"""Pure clustering logic of the classic pipeline: one batch, then the merge of batches.
+
+Nothing here knows about Ray or storage; :mod:`icas_ray.pipeline.classic` runs these functions
+in Ray tasks and actors and persists their results.
+
+Labels inside a batch: ``>= 0`` batch cluster id, ``-1`` outlier, ``-2`` unreadable file.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from icas_ray.features import FeatureMethod, Features, concat_features, take_features
+from icas_ray.graph import build_edges, cluster_labels, components
+
+__all__ = [
+    "MERGE_MODES",
+    "BatchResult",
+    "MergeResult",
+    "process_batch",
+    "merge_batches",
+    "representatives",
+]
+
+logger = logging.getLogger(__name__)
+
+OUTLIER = -1
+UNREADABLE = -2
+MERGE_MODES = ("full", "original")
+
+
+@dataclass
+class BatchResult:
+    """Everything the merge and the writer need from one finished batch (its checkpoint).
+
+    Attributes:
+        batch: batch number.
+        uris, sizes, status, error: one entry per file of the batch, in batch order.
+        labels: batch cluster id per file (-1 outlier, -2 unreadable).
+        edge_a, edge_b, edge_sim: similar pairs found (indices into the batch).
+        comparisons, possible, complete: work done in the batch (see :class:`EdgeSet`).
+        rep_index: indices of the representatives carried into the merge.
+        rep_unit: merge unit of each representative: a batch cluster id, or for an outlier
+            ``n_clusters + its index among outliers``.
+        rep_features: features of the representatives.
+    """
+
+    batch: int
+    uris: np.ndarray
+    sizes: np.ndarray
+    status: np.ndarray
+    error: np.ndarray
+    labels: np.ndarray
+    edge_a: np.ndarray
+    edge_b: np.ndarray
+    edge_sim: np.ndarray
+    comparisons: int
+    possible: int
+    complete: bool
+    rep_index: np.ndarray
+    rep_unit: np.ndarray
+    rep_features: Features = field(default_factory=dict)
+
+    @property
+    def n_clusters(self) -> int:
+        return int(self.labels.max() + 1) if len(self.labels) and self.labels.max() >= 0 else 0
+
+    def units(self) -> np.ndarray:
+        """Merge unit of every file: its cluster id, or ``n_clusters + k`` for the k-th outlier,
+        or -1 for an unreadable file."""
+        units = self.labels.astype(np.int64).copy()
+        outliers = np.flatnonzero(self.labels == OUTLIER)
+        units[outliers] = self.n_clusters + np.arange(len(outliers))
+        units[self.labels == UNREADABLE] = -1
+        return units
+
+    # -- persistence ---------------------------------------------------------------------
+    def to_bytes(self) -> bytes:
+        arrays = {
+            "batch": np.array(self.batch), "uris": self.uris.astype(str), "sizes": self.sizes,
+            "status": self.status.astype(str), "error": self.error.astype(str),
+            "labels": self.labels, "edge_a": self.edge_a, "edge_b": self.edge_b,
+            "edge_sim": self.edge_sim,
+            "work": np.array([self.comparisons, self.possible, int(self.complete)], np.int64),
+            "rep_index": self.rep_index, "rep_unit": self.rep_unit,
+        }
+        arrays.update({f"feat_{k}": v for k, v in self.rep_features.items()})
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **arrays)
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> BatchResult:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            work = z["work"]
+            return cls(
+                batch=int(z["batch"]), uris=z["uris"].astype(object), sizes=z["sizes"],
+                status=z["status"].astype(object), error=z["error"].astype(object),
+                labels=z["labels"], edge_a=z["edge_a"], edge_b=z["edge_b"],
+                edge_sim=z["edge_sim"], comparisons=int(work[0]), possible=int(work[1]),
+                complete=bool(work[2]), rep_index=z["rep_index"], rep_unit=z["rep_unit"],
+                rep_features={k[5:]: z[k] for k in z.files if k.startswith("feat_")},
+            )
+
+
+def representatives(labels: np.ndarray, *, per_cluster: int, include_outliers: bool,
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and merge units of the representatives of a batch.
+
+    Each batch cluster is represented by up to ``per_cluster`` members: all of them when it is
+    small, else its first member and further members spread evenly over it (``per_cluster=1``
+    is the original's first member only). With ``include_outliers`` every outlier is its own
+    representative.
+    """
+    n_clusters = int(labels.max() + 1) if len(labels) and labels.max() >= 0 else 0
+    idx: list[np.ndarray] = []
+    unit: list[np.ndarray] = []
+    if n_clusters:
+        order = np.argsort(labels, kind="stable")
+        sorted_labels = labels[order]
+        starts = np.searchsorted(sorted_labels, np.arange(n_clusters))
+        ends = np.searchsorted(sorted_labels, np.arange(n_clusters), side="right")
+        for c, (s, e) in enumerate(zip(starts, ends)):
+            members = order[s:e]
+            k = max(1, min(per_cluster, len(members)))
+            pick = members[np.unique(np.linspace(0, len(members) - 1, k).round().astype(int))]
+            idx.append(pick)
+            unit.append(np.full(len(pick), c))
+    if include_outliers:
+        outliers = np.flatnonzero(labels == OUTLIER)
+        idx.append(outliers)
+        unit.append(n_clusters + np.arange(len(outliers)))
+    if not idx:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(idx).astype(np.int64), np.concatenate(unit).astype(np.int64)
+
+
+def _kernel(method: FeatureMethod, features: Features, device: str | None):
+    def kernel(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        a, b = take_features(features, rows), take_features(features, cols)
+        if device is not None and method.has_torch:
+            return method.pairwise_torch(a, b, device)
+        return method.pairwise(a, b)
+
+    return kernel
+
+
+def process_batch(batch: int, *, uris: Sequence[str], sizes: np.ndarray, status: np.ndarray,
+                  error: np.ndarray, features: Features, method: FeatureMethod, threshold: float,
+                  strategy: str = "exhaustive", time_limit_s: float | None = None,
+                  merge_reps: int = 1, merge_outliers: bool = True,
+                  device: str | None = None) -> BatchResult:
+    """Cluster one batch.
+
+    Args:
+        batch: batch number.
+        uris, sizes, status, error: per file of the batch; ``status != "ok"`` files have no
+            features and are labelled unreadable.
+        features: features of the readable files only, in batch order.
+        method: the feature method (its kernel scores pairs).
+        threshold: pairs with similarity > threshold are linked.
+        strategy, time_limit_s: see :func:`icas_ray.graph.build_edges`.
+        merge_reps: most representatives per batch cluster.
+        merge_outliers: carry outliers into the merge as their own representatives.
+        device: torch device for methods with a torch kernel (None = numpy).
+    """
+    status = np.asarray(status, dtype=object)
+    ok = np.flatnonzero(status == "ok")
+    edges = build_edges(len(ok), _kernel(method, features, device), threshold,
+                        strategy=strategy, time_limit_s=time_limit_s)
+    labels = np.full(len(uris), UNREADABLE, np.int32)
+    labels[ok] = cluster_labels(components(len(ok), edges.a, edges.b))
+    rep_local, rep_unit = representatives(labels[ok], per_cluster=merge_reps,
+                                          include_outliers=merge_outliers)
+    # representatives() saw only readable files: map back to batch indices.
+    if not edges.complete:
+        logger.warning("batch %d: time limit reached after %d of %d comparisons", batch,
+                       edges.comparisons, edges.possible)
+    return BatchResult(
+        batch=batch, uris=np.asarray(uris, dtype=object), sizes=np.asarray(sizes, np.int64),
+        status=status, error=np.asarray(error, dtype=object), labels=labels,
+        edge_a=ok[edges.a], edge_b=ok[edges.b], edge_sim=edges.similarity,
+        comparisons=edges.comparisons, possible=edges.possible, complete=edges.complete,
+        rep_index=ok[rep_local], rep_unit=rep_unit,
+        rep_features=take_features(features, rep_local) if len(rep_local) else
+        {k: v[:0] for k, v in features.items()},
+    )
+
+
+@dataclass
+class MergeResult:
+    """Final clusters over all batches.
+
+    Attributes:
+        cluster: per batch (by batch number), the final cluster id of each file (-1 outlier,
+            -2 unreadable); clusters are numbered by size, largest first.
+        edge_uri_a, edge_uri_b, edge_sim: similar representative pairs found across batches.
+        comparisons, possible, complete: work done in the merge.
+        representatives: number of representatives compared.
+    """
+
+    cluster: dict[int, np.ndarray]
+    edge_uri_a: np.ndarray
+    edge_uri_b: np.ndarray
+    edge_sim: np.ndarray
+    comparisons: int
+    possible: int
+    complete: bool
+    representatives: int
+
+
+def merge_batches(results: Sequence[BatchResult], method: FeatureMethod, threshold: float, *,
+                  strategy: str = "exhaustive", time_limit_s: float | None = None,
+                  device: str | None = None) -> MergeResult:
+    """Merge batch clusters (and carried outliers) whose representatives are similar.
+
+    Pairs of representatives from the same batch are not compared (their batch already did).
+    With no merge at all (one batch), the batch clusters are the final clusters.
+    """
+    results = sorted(results, key=lambda r: r.batch)
+    unit_offset: dict[int, int] = {}
+    total_units = 0
+    for r in results:
+        unit_offset[r.batch] = total_units
+        total_units += r.n_clusters + int((r.labels == OUTLIER).sum())
+    feats = concat_features([r.rep_features for r in results])
+    groups = np.concatenate([np.full(len(r.rep_index), r.batch) for r in results]) \
+        if results else np.zeros(0, np.int64)
+    rep_units = np.concatenate([r.rep_unit + unit_offset[r.batch] for r in results]) \
+        if results else np.zeros(0, np.int64)
+    rep_uris = np.concatenate([r.uris[r.rep_index] for r in results]) \
+        if results else np.zeros(0, object)
+    n_reps = len(rep_units)
+    if len(results) > 1 and n_reps > 1:
+        edges = build_edges(n_reps, _kernel(method, feats, device), threshold, strategy=strategy,
+                            groups=groups, time_limit_s=time_limit_s)
+    else:
+        edges = build_edges(0, lambda r, c: np.zeros((len(r), len(c))), threshold)
+    unit_comp = components(total_units, rep_units[edges.a], rep_units[edges.b])
+    # Final cluster = component of units with 2+ readable files in all.
+    comp_size = np.zeros(max(1, total_units), np.int64)
+    per_batch_units = {}
+    for r in results:
+        u = r.units()
+        readable = u >= 0
+        g = u[readable] + unit_offset[r.batch]
+        np.add.at(comp_size, unit_comp[g], 1)
+        per_batch_units[r.batch] = (u, readable)
+    clustered = np.flatnonzero(comp_size >= 2)
+    # Number clusters by size (largest first), ties by component id (= first appearance).
+    order = clustered[np.lexsort((clustered, -comp_size[clustered]))]
+    final_id = np.full(max(1, total_units), OUTLIER, np.int32)
+    final_id[order] = np.arange(len(order), dtype=np.int32)
+    cluster: dict[int, np.ndarray] = {}
+    for r in results:
+        u, readable = per_batch_units[r.batch]
+        out = np.full(len(u), UNREADABLE, np.int32)
+        out[readable] = final_id[unit_comp[u[readable] + unit_offset[r.batch]]]
+        cluster[r.batch] = out
+    return MergeResult(
+        cluster=cluster, edge_uri_a=rep_uris[edges.a], edge_uri_b=rep_uris[edges.b],
+        edge_sim=edges.similarity, comparisons=edges.comparisons, possible=edges.possible,
+        complete=edges.complete, representatives=n_reps,
+    )

@@ -1,0 +1,131 @@
+"""The feature-method interface and its registry."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+
+from icas_ray.errors import ConfigError
+from icas_ray.images import ReadConfig
+
+#: Stacked features of N images: every array has N as its first axis.
+Features = dict[str, np.ndarray]
+
+_REGISTRY: dict[str, type[FeatureMethod]] = {}
+_ALIASES: dict[str, str] = {}
+
+M = TypeVar("M", bound="type[FeatureMethod]")
+
+
+def register(name: str) -> Callable[[M], M]:
+    """Class decorator: register a :class:`FeatureMethod` under ``name`` (case-insensitive)."""
+
+    def deco(cls: M) -> M:
+        key = name.lower()
+        if key in _ALIASES:
+            raise ValueError(f"feature method {name!r} is already registered")
+        _ALIASES[key] = name
+        _REGISTRY[name] = cls
+        cls.name = name
+        return cls
+
+    return deco
+
+
+def method_names() -> list[str]:
+    """Registered method names, sorted case-insensitively (for CLI choices and errors)."""
+    return sorted(_REGISTRY, key=str.lower)
+
+
+def get_method(name: str, params: dict[str, Any] | None = None) -> FeatureMethod:
+    """An instance of the method ``name`` with ``params`` overriding its defaults.
+
+    Raises:
+        ConfigError: unknown method or unknown/invalid parameter.
+    """
+    key = _ALIASES.get(str(name).lower())
+    if key is None:
+        raise ConfigError(f"unknown method {name!r}: must be one of {', '.join(method_names())}")
+    cls = _REGISTRY[key]
+    return cls(cls.make_params(params or {}))
+
+
+class FeatureMethod:
+    """A clustering feature: extraction plus a vectorized pairwise similarity.
+
+    Subclasses set ``Params`` (a frozen dataclass), ``default_read`` and ``cheap``, and
+    implement :meth:`extract` and :meth:`pairwise`.
+    """
+
+    name: ClassVar[str] = ""
+    Params: ClassVar[type] = type(None)
+    #: How images are decoded for this method unless the user sets --size/--scale.
+    default_read: ClassVar[ReadConfig] = ReadConfig(max_side=512)
+    #: Cheap kernels can afford a larger threshold sample.
+    cheap: ClassVar[bool] = True
+    #: Representatives per batch cluster in the merge (cheap kernels afford many).
+    merge_reps: ClassVar[int] = 32
+    #: Threshold range accepted for this method (inclusive).
+    threshold_range: ClassVar[tuple[float, float]] = (0.0, 1.0)
+    #: Whether a torch kernel exists (used on GPU nodes).
+    has_torch: ClassVar[bool] = False
+
+    def __init__(self, params: Any) -> None:
+        self.params = params
+
+    @classmethod
+    def make_params(cls, values: dict[str, Any]) -> Any:
+        fields = {f.name: f for f in dataclasses.fields(cls.Params)}
+        unknown = sorted(set(values) - set(fields))
+        if unknown:
+            valid = ", ".join(sorted(fields)) or "none"
+            raise ConfigError(f"unknown parameter(s) {', '.join(unknown)} for method {cls.name}: "
+                              f"valid parameters are {valid}")
+        converted = {}
+        for key, value in values.items():
+            typ = type(getattr(cls.Params(), key))
+            try:
+                converted[key] = typ(value) if not isinstance(value, typ) else value
+            except (TypeError, ValueError) as e:
+                raise ConfigError(f"parameter {key}={value!r} of method {cls.name} is not a {typ.__name__}") from e
+        return cls.Params(**converted)
+
+    def extract(self, images: Sequence[np.ndarray]) -> Features:
+        """Features of ``(H, W, 3) uint8`` RGB images (already read with ``default_read``)."""
+        raise NotImplementedError
+
+    def pairwise(self, a: Features, b: Features) -> np.ndarray:
+        """``(len(a), len(b)) float32`` similarity matrix (numpy)."""
+        raise NotImplementedError
+
+    def pairwise_torch(self, a: Features, b: Features, device: str) -> np.ndarray:
+        """The same matrix computed with torch on ``device``; defaults to :meth:`pairwise`."""
+        return self.pairwise(a, b)
+
+    def describe(self) -> dict[str, Any]:
+        return {"method": self.name, **dataclasses.asdict(self.params)}
+
+
+def n_items(features: Features) -> int:
+    return len(next(iter(features.values())))
+
+
+def take_features(features: Features, index: np.ndarray | Sequence[int] | slice) -> Features:
+    """The features of a subset of images."""
+    return {k: v[index] for k, v in features.items()}
+
+
+def concat_features(parts: Sequence[Features]) -> Features:
+    """Stack feature dicts of several groups of images."""
+    parts = [p for p in parts if p and n_items(p)]
+    if not parts:
+        return {}
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def positive_int(cls_name: str, name: str, value: int, minimum: int = 1) -> None:
+    if value < minimum:
+        raise ConfigError(f"parameter {name}={value} of method {cls_name} is invalid: expected >= {minimum}")

@@ -1,0 +1,185 @@
+"""Similarity graphs: threshold -> edges -> connected components, outliers, representatives.
+
+"X and Y are in one cluster if a chain X-A-...-Y of similar pairs exists": clusters are the
+connected components of the graph whose edges are the pairs with similarity > threshold.
+Components of one image are outliers.
+
+Two strategies build the edges of a set of images:
+
+* ``exhaustive`` compares every pair (vectorized in blocks of rows) and finds every edge.
+* ``pruned`` is the original tool's shortcut: images are visited in order, each still-active
+  image is compared with the active images after it, and an image that matched is dropped from
+  all further comparisons (it is reached through the image it matched). Far fewer comparisons,
+  but a chain that runs only through a dropped image is missed.
+
+Both count the comparisons they made and stop early at a time limit (the original's
+``chunk_time_threshold``), reporting that they did.
+
+Example:
+    >>> import numpy as np
+    >>> components(4, np.array([0]), np.array([2]))
+    array([0, 1, 0, 2], dtype=int32)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from icas_ray.errors import ConfigError
+
+__all__ = ["STRATEGIES", "EdgeSet", "build_edges", "cluster_labels", "components"]
+
+STRATEGIES = ("exhaustive", "pruned")
+
+#: A kernel scoring rows ``ia`` against columns ``ib`` of one feature set: -> (len(ia), len(ib)).
+Kernel = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+#: Pairs scored per kernel call in the exhaustive strategy (bounds memory and time checks).
+_PAIRS_PER_CALL = 1 << 16
+
+
+@dataclass
+class EdgeSet:
+    """Edges found among ``n`` items (indices into the item list), and the work done.
+
+    Attributes:
+        a, b: ``(E,) int64`` endpoints with ``a < b``.
+        similarity: ``(E,) float32``.
+        comparisons: pairs actually scored.
+        possible: pairs that could be scored (``n (n - 1) / 2`` less masked-out pairs).
+        complete: False if the time limit stopped the comparisons early.
+    """
+
+    a: np.ndarray
+    b: np.ndarray
+    similarity: np.ndarray
+    comparisons: int
+    possible: int
+    complete: bool = True
+
+
+def _allowed(groups: np.ndarray | None, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    if groups is None:
+        return np.ones((len(rows), len(cols)), bool)
+    return groups[rows][:, None] != groups[cols][None, :]
+
+
+def build_edges(n: int, kernel: Kernel, threshold: float, *, strategy: str = "exhaustive",
+                groups: np.ndarray | None = None, time_limit_s: float | None = None) -> EdgeSet:
+    """Edges among ``n`` items whose similarity is greater than ``threshold``.
+
+    Args:
+        n: number of items.
+        kernel: ``kernel(rows, cols)`` -> similarity matrix of those items (vectorized).
+        threshold: link pairs with similarity > threshold.
+        strategy: ``exhaustive`` or ``pruned`` (see the module docstring).
+        groups: optional ``(n,)`` group ids; pairs within one group are skipped (the merge
+            skips pairs from the same batch).
+        time_limit_s: stop comparing after this many seconds (None = no limit).
+
+    Returns:
+        The edges and the comparison counts.
+    """
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"unknown strategy {strategy!r}: must be one of {', '.join(STRATEGIES)}")
+    deadline = None if time_limit_s is None else time.monotonic() + time_limit_s
+    if groups is not None:
+        _, counts = np.unique(groups, return_counts=True)
+        possible = n * (n - 1) // 2 - int((counts * (counts - 1) // 2).sum())
+    else:
+        possible = n * (n - 1) // 2
+    ea: list[np.ndarray] = []
+    eb: list[np.ndarray] = []
+    es: list[np.ndarray] = []
+    comparisons = 0
+    complete = True
+    idx = np.arange(n)
+    if strategy == "exhaustive":
+        rows_per_call = max(1, _PAIRS_PER_CALL // max(1, n))
+        for s in range(0, n, rows_per_call):
+            if deadline is not None and time.monotonic() > deadline:
+                complete = False
+                break
+            rows = idx[s:s + rows_per_call]
+            cols = idx[s + 1:]  # upper triangle only: columns after the first row
+            if len(cols) == 0:
+                continue
+            sim = kernel(rows, cols)
+            mask = cols[None, :] > rows[:, None]
+            mask &= _allowed(groups, rows, cols)
+            comparisons += int(mask.sum())
+            hit = mask & (sim > threshold)
+            r, c = np.nonzero(hit)
+            ea.append(rows[r])
+            eb.append(cols[c])
+            es.append(sim[r, c])
+    else:
+        active = np.ones(n, bool)
+        for i in range(n):
+            if not active[i]:
+                continue
+            if deadline is not None and time.monotonic() > deadline:
+                complete = False
+                break
+            cols = idx[i + 1:][active[i + 1:]]
+            if groups is not None:
+                cols = cols[groups[cols] != groups[i]]
+            if len(cols) == 0:
+                continue
+            sim = kernel(np.array([i]), cols)[0]
+            comparisons += len(cols)
+            hit = sim > threshold
+            matched = cols[hit]
+            ea.append(np.full(len(matched), i))
+            eb.append(matched)
+            es.append(sim[hit])
+            active[matched] = False
+    if ea:
+        a, b, s_ = np.concatenate(ea), np.concatenate(eb), np.concatenate(es)
+    else:
+        a, b, s_ = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    return EdgeSet(a.astype(np.int64), b.astype(np.int64), s_.astype(np.float32), comparisons,
+                   possible, complete)
+
+
+def components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Connected-component id of each of ``n`` nodes given edges ``a[k] - b[k]``.
+
+    Components are numbered 0.. in order of their smallest node.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    if n == 0:
+        return np.zeros(0, np.int32)
+    graph = coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(n, n))
+    _, labels = connected_components(graph, directed=False)
+    # Renumber by first occurrence so that ids are stable and deterministic.
+    _, first = np.unique(labels, return_index=True)
+    order = np.argsort(first)
+    remap = np.empty(len(order), np.int32)
+    remap[order] = np.arange(len(order), dtype=np.int32)
+    return remap[labels]
+
+
+def cluster_labels(comp: np.ndarray) -> np.ndarray:
+    """Component ids -> cluster ids: components of 2+ items numbered 0.. by first item,
+    singletons -1 (outliers)."""
+    if len(comp) == 0:
+        return comp.astype(np.int32)
+    counts = np.bincount(comp)
+    keep = counts[comp] >= 2
+    out = np.full(len(comp), -1, np.int32)
+    if keep.any():
+        kept = comp[keep]
+        _, first = np.unique(kept, return_index=True)
+        order = np.argsort(first)
+        remap = np.full(counts.size, -1, np.int32)
+        uniq = np.unique(kept)
+        remap[uniq[order]] = np.arange(len(uniq), dtype=np.int32)
+        out[keep] = remap[kept]
+    return out

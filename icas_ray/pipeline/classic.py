@@ -1,0 +1,689 @@
+"""``icas cluster``: the classic pipeline on Ray.
+
+1. List the images (sorted by size) and cut them into batches; the listing is saved so that a
+   resumed run sees the same files even after some were moved.
+2. Ray Data reads and decodes the files (CPU tasks), an actor pool extracts features.
+3. Each complete batch goes to a similarity task: its graph, clusters and representatives are
+   computed and persisted at once (the checkpoint a rerun resumes from).
+4. A merge actor receives every batch's representatives and merges batch clusters across
+   batches.
+5. Writer tasks copy or move every file into the result layout (idempotently), then the
+   manifest, edges, summary and report are written; ``summary.json`` last.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from icas_ray.clustering import (
+    OUTLIER,
+    UNREADABLE,
+    BatchResult,
+    MergeResult,
+    merge_batches,
+    process_batch,
+)
+from icas_ray.errors import ConfigError, InputError
+from icas_ray.features import Features, get_method
+from icas_ray.images import DecodeError, ReadConfig, decode
+from icas_ray.output import Layout, TransferPlan, plan_transfers, render_report, thumbnails, transfer_one
+from icas_ray.pipeline.config import ClusterConfig
+from icas_ray.progress import NullProgress, Progress
+from icas_ray.runtime import ResourceConfig, cluster_cpus, cluster_gpus, init_ray
+from icas_ray.storage import FileInfo, Storage
+
+__all__ = ["cluster", "default_output"]
+
+logger = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+#: Rows per Ray Data batch for decoding and features.
+_ROWS_PER_UDF_CALL = 32
+
+
+def default_output(input_uri: str) -> str:
+    """``<input>_clustered`` next to the input (the original tool's rule)."""
+    return input_uri.rstrip("/").rstrip(os.sep) + "_clustered"
+
+
+def _failpoint(name: str, count: int) -> None:
+    """Test hook: ``ICAS_FAILPOINT=name:N`` kills the process when ``count`` reaches N.
+
+    Used by the tests to interrupt a run at an exact point (as a crash or a kill -9 would).
+    """
+    spec = os.environ.get("ICAS_FAILPOINT", "")
+    if spec.startswith(name + ":") and count >= int(spec.split(":", 1)[1]):
+        logger.warning("failpoint %s reached after %d: exiting", name, count)
+        os._exit(75)
+
+
+# ---------------------------------------------------------------------------------------------
+# Ray Data UDFs (adapters over pure code)
+
+
+def _decode_batch(batch: dict[str, np.ndarray], storage: Storage, read: ReadConfig,
+                  ) -> dict[str, np.ndarray]:
+    from icas_ray.errors import IcasError
+
+    # Pixels travel as raw bytes plus their shape: a column of arrays would switch between
+    # Arrow tensor and pickled-object types from block to block as image sizes vary.
+    n = len(batch["uri"])
+    pixels = np.full(n, b"", dtype=object)
+    shape = np.zeros((n, 3), np.int32)
+    status = np.full(n, "ok", dtype=object)
+    error = np.full(n, "", dtype=object)
+    for i, uri in enumerate(batch["uri"]):
+        try:
+            img = decode(storage.read_bytes(str(uri)), read)
+            pixels[i], shape[i] = img.tobytes(), img.shape
+        except DecodeError as e:
+            status[i], error[i] = "error", str(e)
+        except (OSError, IcasError) as e:
+            status[i], error[i] = "error", f"unreadable ({e})"
+    return {"uri": batch["uri"], "size": batch["size"], "batch": batch["batch"],
+            "pixels": pixels, "shape": shape, "status": status, "error": error}
+
+
+class _FeatureActor:
+    """Ray Data actor: features of decoded images (one method instance per actor)."""
+
+    def __init__(self, method: str, params: dict[str, Any]) -> None:
+        try:
+            import torch
+
+            torch.set_num_threads(1)
+        except ImportError:
+            pass
+        self.method = get_method(method, params)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ok = np.flatnonzero(batch["status"] == "ok")
+        images = [np.frombuffer(batch["pixels"][i], np.uint8).reshape(batch["shape"][i]) for i in ok]
+        feats = self.method.extract(images) if len(ok) else None
+        out = {k: batch[k] for k in ("uri", "size", "batch", "status", "error")}
+        n = len(batch["uri"])
+        if feats is None:
+            feats = self.method.extract([np.zeros((64, 64, 3), np.uint8)])
+            feats = {k: v[:0] for k, v in feats.items()}
+        for key, value in feats.items():
+            full = np.zeros((n,) + value.shape[1:], value.dtype)
+            full[ok] = value
+            out[f"f_{key}"] = full
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Remote pieces
+
+
+def _batch_task(batch: int, rows: dict[str, np.ndarray], config: ClusterConfig, threshold: float,
+                layout: Layout, use_gpu: bool) -> BatchResult:
+    """Cluster one batch and persist its checkpoint."""
+    method = config.feature_method()
+    ok = rows["status"] == "ok"
+    features: Features = {k[2:]: v[ok] for k, v in rows.items() if k.startswith("f_")}
+    device = "cuda" if use_gpu else None
+    result = process_batch(
+        batch, uris=list(rows["uri"]), sizes=rows["size"], status=rows["status"],
+        error=rows["error"], features=features, method=method, threshold=threshold,
+        strategy=config.strategy, time_limit_s=config.time_limit_s,
+        merge_reps=config.representatives_per_cluster(),
+        merge_outliers=config.merge_mode == "full", device=device,
+    )
+    layout.storage.write_bytes(layout.batch_checkpoint(batch), result.to_bytes())
+    return result
+
+
+class _MergeActor:
+    """Collects batch results as they finish; merges them when asked."""
+
+    def __init__(self, config: ClusterConfig, threshold: float, use_gpu: bool) -> None:
+        self.config = config
+        self.threshold = threshold
+        self.device = "cuda" if use_gpu else None
+        self.results: dict[int, BatchResult] = {}
+
+    def add(self, result: BatchResult) -> int:
+        self.results[result.batch] = result
+        return len(self.results)
+
+    def merge(self) -> MergeResult:
+        return merge_batches(list(self.results.values()), self.config.feature_method(),
+                             self.threshold, strategy=self.config.strategy,
+                             time_limit_s=self.config.time_limit_s, device=self.device)
+
+
+def _write_task(items: list[tuple[str, str, int | None]], mode: str, storage: Storage,
+                ) -> list[tuple[str, str]]:
+    """Transfer files; returns ``(dst, "done"|"skipped"|"error: ...")`` per file."""
+    from icas_ray.errors import IcasError
+
+    out = []
+    for src, dst, existing in items:
+        try:
+            out.append((dst, transfer_one(src, dst, mode, storage, existing)))
+        except (OSError, IcasError) as e:
+            out.append((dst, f"error: {e}"))
+    return out
+
+
+def _thumbs_task(uris: list[str], storage: Storage) -> list[str | None]:
+    return thumbnails(uris, storage)
+
+
+# ---------------------------------------------------------------------------------------------
+# Driver
+
+
+@dataclass
+class _State:
+    """What the driver knows about the output folder before it starts."""
+
+    layout: Layout
+    resume: bool
+    threshold: float | None
+    threshold_source: str
+    batches_done: set[int]
+
+
+def _check_paths(input_uri: str, output: str, storage: Storage) -> None:
+    def norm(u: str) -> str:
+        fs, path = storage.fs(u)
+        return path.rstrip("/") + "/"
+
+    i, o = norm(input_uri), norm(output)
+    if o.startswith(i):
+        raise ConfigError(f"output {output!r} is inside the input {input_uri!r}: "
+                          "choose an --output outside the input folder")
+    if i.startswith(o):
+        raise ConfigError(f"input {input_uri!r} is inside the output {output!r}: choose another --output")
+
+
+def _prepare(input_uri: str, layout: Layout, config: ClusterConfig) -> _State:
+    st = layout.storage
+    plan_uri = layout.work_path("state.json")
+    summary_exists = st.exists(layout.summary)
+    state_exists = st.exists(plan_uri)
+    previous = json.loads(st.read_text(plan_uri)) if state_exists else None
+    if config.overwrite and (summary_exists or state_exists):
+        if previous and previous.get("transfer") == "move" and (
+                st.exists(layout.path("results")) or st.exists(layout.path("batches"))):
+            raise ConfigError(
+                f"{layout.root!r} holds images moved there by an earlier run: --overwrite would "
+                "delete them; move them back or choose another --output")
+        logger.info("--overwrite: removing the previous result in %s", layout.root)
+        for part in ("results", "batches", "_icas", "manifest.parquet", "edges.parquet",
+                     "summary.json", "report.html"):
+            target = layout.path(part)
+            if st.exists(target):
+                if st.isdir(target):
+                    st.delete_tree(target)
+                else:
+                    st.delete(target)
+        previous, summary_exists = None, False
+    if summary_exists and not config.overwrite:
+        done = json.loads(st.read_text(layout.summary))
+        done_option = done.get("parameters", {}).get("option", "all")
+        if not (config.option == "merge" and done_option == "dontmerge") and not (
+                config.option == "all" and done_option == "dontmerge"):
+            raise ConfigError(
+                f"{layout.root!r} already holds a finished result: pass --overwrite to replace "
+                "it or --output to write elsewhere")
+    if config.option == "merge" and previous is None:
+        raise ConfigError(f"--option merge needs the batch results of an earlier run in "
+                          f"{layout.root!r}: run with --option dontmerge (or all) first")
+    if previous is not None:
+        if previous.get("input") != input_uri or previous.get("fingerprint") != config.fingerprint():
+            raise ConfigError(
+                f"{layout.root!r} holds an unfinished run with other parameters: rerun it with the "
+                "same options to resume, or pass --overwrite to start over")
+        done = {int(os.path.basename(f.uri)[6:12]) for f in st.list_files(layout.work_path("batches"))
+                if f.uri.endswith(".npz")} if st.exists(layout.work_path("batches")) else set()
+        thr = previous.get("threshold")
+        if config.threshold is not None and thr is not None and abs(config.threshold - thr) > 1e-12:
+            raise ConfigError(f"{layout.root!r} holds an unfinished run with threshold {thr}: rerun "
+                              "with the same --threshold to resume, or pass --overwrite")
+        return _State(layout, True, thr, previous.get("threshold_source", "given"), done)
+    return _State(layout, False, config.threshold, "given" if config.threshold is not None else "",
+                  set())
+
+
+def _save_state(state: _State, input_uri: str, config: ClusterConfig) -> None:
+    state.layout.storage.write_text(state.layout.work_path("state.json"), json.dumps({
+        "version": STATE_VERSION, "input": input_uri, "fingerprint": config.fingerprint(),
+        "threshold": state.threshold, "threshold_source": state.threshold_source,
+        "transfer": config.transfer,
+    }, indent=1))
+
+
+def _listing(input_uri: str, layout: Layout, config: ClusterConfig, resume: bool,
+             progress: Progress) -> tuple[list[FileInfo], np.ndarray]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    st = layout.storage
+    uri = layout.work_path("listing.parquet")
+    progress.start("listing")
+    if resume and st.exists(uri):
+        table = pq.read_table(pa.BufferReader(st.read_bytes(uri)))
+        files = [FileInfo(u, int(s)) for u, s in zip(table.column("uri").to_pylist(),
+                                                    table.column("size").to_pylist())]
+        batches = np.asarray(table.column("batch").to_pylist(), np.int64)
+        progress.finish("listing", f"{len(files)} images (saved listing of the interrupted run)")
+        return files, batches
+    files = st.list_images(input_uri, sniff=config.sniff, exclude=(layout.root,))
+    if not files:
+        raise InputError(f"no images found under {input_uri!r}: expected files with image "
+                         "extensions (.png, .jpg, ...); add --sniff to detect images by content")
+    # The original's heuristic: similar images have similar sizes, so sort by size.
+    files.sort(key=lambda f: (f.size, f.uri))
+    batches = np.arange(len(files)) // config.batch_size
+    buf = pa.BufferOutputStream()
+    pq.write_table(pa.table({"uri": [f.uri for f in files], "size": [f.size for f in files],
+                             "batch": batches}), buf)
+    st.write_bytes(uri, buf.getvalue().to_pybytes())
+    progress.finish("listing", f"{len(files)} images in {int(batches.max()) + 1} batches")
+    return files, batches
+
+
+def _suggest_threshold(files: Sequence[FileInfo], config: ClusterConfig, storage: Storage,
+                       progress: Progress) -> float:
+    from icas_ray.threshold import sample_similarities, suggest_threshold
+
+    progress.start("threshold", min(len(files), config.threshold_sample))
+    sims = sample_similarities(files, config, storage=storage)
+    suggestion = suggest_threshold(sims.matrix, config.feature_method())
+    progress.finish("threshold", f"no --threshold given: using the suggested {suggestion:.4f} "
+                                 f"(from {sims.n_images} sampled images; see `icas threshold`)")
+    return suggestion
+
+
+def _run_batches(files: Sequence[FileInfo], batches: np.ndarray, pending: set[int],
+                 config: ClusterConfig, threshold: float, layout: Layout, merger: Any,
+                 progress: Progress) -> tuple[int, list[Any]]:
+    """Features and per-batch clustering of the pending batches; returns their result refs."""
+    import ray
+
+    from icas_ray.pipeline.read import listing_dataset
+
+    if not pending:
+        return 0, []
+    sel = np.flatnonzero(np.isin(batches, sorted(pending)))
+    todo = [files[i] for i in sel]
+    expected = {b: int(c) for b, c in zip(*np.unique(batches[sel], return_counts=True))}
+    cpus = cluster_cpus()
+    gpus = cluster_gpus()
+    method = config.feature_method()
+    use_gpu = gpus >= 1 and method.has_torch
+    # Fractional CPUs: a 2-CPU machine must fit readers, feature actors and batch tasks at
+    # once (whole-CPU actors deadlock Ray Data there).
+    actors = max(1, min(8, int(cpus // 2)))
+    ds = listing_dataset(todo, columns={"batch": batches[sel]})
+    ds.context.execution_options.preserve_order = True  # batches complete one after another
+    ds = ds.map_batches(_decode_batch, fn_kwargs={"storage": layout.storage,
+                                                  "read": config.read_config()},
+                        batch_size=_ROWS_PER_UDF_CALL, batch_format="numpy", num_cpus=0.25)
+    ds = ds.map_batches(_FeatureActor, fn_constructor_kwargs={"method": config.method,
+                                                              "params": dict(config.method_params)},
+                        batch_size=_ROWS_PER_UDF_CALL, batch_format="numpy", num_cpus=0.25,
+                        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors))
+    batch_fn = ray.remote(_batch_task).options(num_cpus=1, num_gpus=0.25 if use_gpu else 0)
+    buffers: dict[int, list[dict[str, np.ndarray]]] = defaultdict(list)
+    counts: dict[int, int] = defaultdict(int)
+    refs: list[Any] = []
+    in_flight: list[Any] = []
+    finished = 0
+    seen = 0
+    progress.start("features", len(todo))
+    progress.start("batches", len(pending))
+
+    def submit(b: int) -> None:
+        parts = buffers.pop(b)
+        rows = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        ref = batch_fn.remote(b, rows, config, threshold, layout, use_gpu)
+        refs.append(merger.add.remote(ref))
+        in_flight.append(ref)
+
+    def reap(block: bool) -> None:
+        nonlocal finished
+        while in_flight:
+            ready, _ = ray.wait(in_flight, num_returns=1, timeout=None if block else 0)
+            if not ready:
+                return
+            in_flight.remove(ready[0])
+            ray.get(ready[0])
+            finished += 1
+            progress.advance("batches", finished, len(pending))
+            _failpoint("batches", finished)
+            if not block:
+                continue
+            return
+
+    for part in ds.iter_batches(batch_size=_ROWS_PER_UDF_CALL * 4, batch_format="numpy"):
+        seen += len(part["uri"])
+        progress.advance("features", seen, len(todo))
+        for b in np.unique(part["batch"]):
+            m = part["batch"] == b
+            buffers[int(b)].append({k: v[m] for k, v in part.items()})
+            counts[int(b)] += int(m.sum())
+            if counts[int(b)] == expected[int(b)]:
+                submit(int(b))
+        reap(block=False)
+        while len(in_flight) > max(2, int(cpus)):
+            reap(block=True)
+    for b in list(buffers):  # defensive: rows of a batch arrived short
+        submit(b)
+    while in_flight:
+        reap(block=True)
+    progress.finish("features", f"{seen} images")
+    progress.finish("batches", f"{finished} batches clustered")
+    return finished, refs
+
+
+def _load_checkpoints(layout: Layout, batches: set[int]) -> list[BatchResult]:
+    return [BatchResult.from_bytes(layout.storage.read_bytes(layout.batch_checkpoint(b)))
+            for b in sorted(batches)]
+
+
+def _write_files(plan: TransferPlan, mode: str, layout: Layout, config: ClusterConfig,
+                 progress: Progress) -> dict[str, str]:
+    """Run the transfer plan with Ray tasks; returns ``{dst: outcome}``."""
+    import ray
+
+    st = layout.storage
+    existing: dict[str, int] = {}
+    roots = {d.rsplit("/", 2)[0] if "://" in d else os.path.dirname(os.path.dirname(d))
+             for d in plan.dst[:1]}
+    for root in roots:
+        if st.exists(root):
+            existing.update({f.uri: f.size for f in st.list_files(root)})
+    items = [(str(s), str(d), existing.get(str(d))) for s, d in zip(plan.src, plan.dst)]
+    chunks = [items[i:i + config.files_per_task] for i in range(0, len(items), config.files_per_task)]
+    task = ray.remote(_write_task).options(num_cpus=0.25)
+    pending = [task.remote(c, mode, st) for c in chunks]
+    outcome: dict[str, str] = {}
+    progress.start("writing", len(items))
+    done_chunks = 0
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        for dst, result in ray.get(ready[0]):
+            outcome[dst] = result
+        done_chunks += 1
+        progress.advance("writing", len(outcome), len(items))
+        _failpoint("transfers", done_chunks)
+    errors = sum(1 for v in outcome.values() if v.startswith("error"))
+    progress.finish("writing", f"{len(items)} files {mode == 'move' and 'moved' or 'copied'}"
+                               f"{f', {errors} failed' if errors else ''}")
+    return outcome
+
+
+def _write_tables(layout: Layout, results: Sequence[BatchResult], final: dict[int, np.ndarray] | None,
+                  location: dict[str, str], merge: MergeResult | None) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    st = layout.storage
+    cols: dict[str, list[Any]] = defaultdict(list)
+    for r in results:
+        is_rep = np.zeros(len(r.uris), bool)
+        is_rep[r.rep_index] = True
+        clusters = final[r.batch] if final is not None else None
+        for i, uri in enumerate(r.uris):
+            cols["uri"].append(str(uri))
+            cols["size"].append(int(r.sizes[i]))
+            cols["batch"].append(int(r.batch))
+            bl = int(r.labels[i])
+            cols["batch_cluster"].append(bl if bl >= 0 else None)
+            if clusters is not None:
+                c = int(clusters[i])
+                cols["cluster"].append(c if c >= 0 else None)
+            else:
+                cols["cluster"].append(None)
+            cols["is_representative"].append(bool(is_rep[i]))
+            cols["status"].append(str(r.status[i]) if bl != UNREADABLE else "unreadable")
+            cols["error"].append(str(r.error[i]) or None)
+            cols["location"].append(location.get(str(uri), str(uri)))
+    table = pa.table({
+        "uri": pa.array(cols["uri"], pa.string()), "size": pa.array(cols["size"], pa.int64()),
+        "batch": pa.array(cols["batch"], pa.int32()),
+        "batch_cluster": pa.array(cols["batch_cluster"], pa.int32()),
+        "cluster": pa.array(cols["cluster"], pa.int32()),
+        "is_representative": pa.array(cols["is_representative"], pa.bool_()),
+        "status": pa.array(cols["status"], pa.string()), "error": pa.array(cols["error"], pa.string()),
+        "location": pa.array(cols["location"], pa.string()),
+    })
+    buf = pa.BufferOutputStream()
+    pq.write_table(table, buf)
+    st.write_bytes(layout.path("manifest.parquet"), buf.getvalue().to_pybytes())
+    ea, eb, es, ep = [], [], [], []
+    for r in results:
+        ea.extend(r.uris[r.edge_a].astype(str))
+        eb.extend(r.uris[r.edge_b].astype(str))
+        es.extend(r.edge_sim.tolist())
+        ep.extend(["batch"] * len(r.edge_a))
+    if merge is not None:
+        ea.extend(merge.edge_uri_a.astype(str))
+        eb.extend(merge.edge_uri_b.astype(str))
+        es.extend(merge.edge_sim.tolist())
+        ep.extend(["merge"] * len(merge.edge_sim))
+    edges = pa.table({"a": pa.array(ea, pa.string()), "b": pa.array(eb, pa.string()),
+                      "similarity": pa.array(es, pa.float32()), "phase": pa.array(ep, pa.string())})
+    buf = pa.BufferOutputStream()
+    pq.write_table(edges, buf)
+    st.write_bytes(layout.path("edges.parquet"), buf.getvalue().to_pybytes())
+
+
+def _report(layout: Layout, summary: dict[str, Any], groups: dict[str, list[str]],
+            unreadable: list[tuple[str, str]]) -> str:
+    import ray
+
+    per_group = 8
+    max_groups = 100
+    titles = list(groups)[:max_groups]
+    task = ray.remote(_thumbs_task).options(num_cpus=0.25)
+    refs = [task.remote(groups[t][:per_group], layout.storage) for t in titles]
+    thumbs = ray.get(refs)
+    entries = []
+    for t, th in zip(titles, thumbs):
+        names = [os.path.basename(u.replace("\\", "/")) for u in groups[t][:per_group]]
+        entries.append((t, len(groups[t]), list(zip(names, th))))
+    html_text = render_report(summary, entries, unreadable)
+    uri = layout.path("report.html")
+    layout.storage.write_text(uri, html_text)
+    return uri
+
+
+def cluster(input_uri: str, output: str | None = None, config: ClusterConfig | None = None, *,
+            storage: Storage | None = None, resources: ResourceConfig | None = None,
+            progress: Progress | None = None) -> dict[str, Any]:
+    """Cluster the images under ``input_uri`` into ``output`` (see the module docstring).
+
+    Args:
+        input_uri: folder (local path, ``file://`` or ``s3://``) of images, searched recursively.
+        output: result folder; default ``<input>_clustered``.
+        config: what to compute (method, threshold, batches, ...).
+        storage: storage options for S3.
+        resources: Ray to use (default: an embedded local Ray on loopback).
+        progress: receives progress per phase.
+
+    Returns:
+        The summary (also written to ``<output>/summary.json``).
+
+    Raises:
+        IcasError: for input the user can fix (missing folder, bad options, existing output).
+    """
+    config = config or ClusterConfig()
+    storage = storage or Storage()
+    progress = progress or NullProgress()
+    output = output or default_output(input_uri)
+    t_start = time.monotonic()
+    timings: dict[str, float] = {}
+    if not storage.exists(input_uri) and config.option != "merge":
+        storage.list_images(input_uri)  # raises the one-line error for a missing path/bucket
+    _check_paths(input_uri, output, storage)
+    layout = Layout(output, storage)
+    state = _prepare(input_uri, layout, config)
+    init_ray(resources)
+
+    t = time.monotonic()
+    files, batches = _listing(input_uri, layout, config, state.resume, progress)
+    timings["listing_s"] = time.monotonic() - t
+    n_batches = int(batches.max()) + 1
+    if state.threshold is None:
+        t = time.monotonic()
+        state.threshold = _suggest_threshold(files, config, storage, progress)
+        state.threshold_source = "suggested"
+        timings["threshold_s"] = time.monotonic() - t
+    threshold = float(state.threshold)
+    _save_state(state, input_uri, config)
+    if state.resume and state.batches_done:
+        logger.info("resuming: %d of %d batches already done", len(state.batches_done), n_batches)
+
+    import ray
+
+    merger_cls = ray.remote(_MergeActor).options(num_cpus=0.25)
+    method = config.feature_method()
+    merger = merger_cls.remote(config, threshold, cluster_gpus() >= 1 and method.has_torch)
+    done_before = set(state.batches_done) & set(range(n_batches))
+    pending = set(range(n_batches)) - done_before
+    if config.option == "merge" and pending:
+        raise ConfigError(f"--option merge needs all {n_batches} batch results in {output!r}, "
+                          f"{len(pending)} are missing: rerun with --option dontmerge first")
+    t = time.monotonic()
+    add_refs = [merger.add.remote(r) for r in _load_checkpoints(layout, done_before)]
+    computed, refs = _run_batches(files, batches, pending, config, threshold, layout, merger, progress)
+    ray.get(add_refs + refs)
+    timings["batches_s"] = time.monotonic() - t
+    results = _load_checkpoints(layout, set(range(n_batches)))
+
+    merge: MergeResult | None = None
+    final: dict[int, np.ndarray] | None = None
+    if config.option in ("all", "merge"):
+        t = time.monotonic()
+        progress.start("merge")
+        merge = ray.get(merger.merge.remote())
+        final = merge.cluster
+        timings["merge_s"] = time.monotonic() - t
+        progress.finish("merge", f"{merge.representatives} representatives, "
+                                 f"{merge.comparisons} comparisons across batches")
+    ray.kill(merger)
+
+    # Destinations: final clusters, or per-batch folders for dontmerge.
+    uris: list[str] = []
+    folders: list[str] = []
+    unreadable: list[tuple[str, str]] = []
+    for r in results:
+        labels = final[r.batch] if final is not None else r.labels
+        for i, uri in enumerate(r.uris):
+            if labels[i] == UNREADABLE:
+                unreadable.append((str(uri), str(r.error[i])))
+                continue
+            uris.append(str(uri))
+            folders.append(layout.cluster_folder(int(labels[i]),
+                                                 None if final is not None else r.batch))
+    # Where files are now: a previous dontmerge run with move put them in batch folders.
+    sources = _current_locations(layout, uris)
+    plan_uri = layout.work_path(f"plan_{config.option if config.option != 'merge' else 'all'}.parquet")
+    plan = _load_or_make_plan(layout, plan_uri, uris, folders, sources)
+    t = time.monotonic()
+    outcome = _write_files(plan, config.transfer, layout, config, progress)
+    timings["writing_s"] = time.monotonic() - t
+    location = {u: d for u, d in zip(uris, plan.dst.astype(str))
+                if not outcome.get(str(d), "").startswith("error")}
+    failed = {u: outcome[str(d)] for u, d in zip(uris, plan.dst.astype(str))
+              if outcome.get(str(d), "").startswith("error")}
+
+    counts = _counts(results, final, failed)
+    n = len(files)
+    summary: dict[str, Any] = {
+        "input": input_uri, "output": output, "threshold": threshold,
+        "threshold_source": state.threshold_source,
+        "parameters": {**config.to_dict(), "threshold": threshold},
+        "counts": counts,
+        "comparisons": {
+            "all_pairs": n * (n - 1) // 2,
+            "batch_comparisons": int(sum(r.comparisons for r in results)),
+            "batch_possible_pairs": int(sum(r.possible for r in results)),
+            "batches_complete": all(r.complete for r in results),
+            "merge_representatives": merge.representatives if merge else 0,
+            "merge_comparisons": merge.comparisons if merge else 0,
+            "merge_possible_pairs": merge.possible if merge else 0,
+            "merge_complete": merge.complete if merge else True,
+            "merge_compared": ("first member of each batch cluster"
+                               + (f" plus up to {config.representatives_per_cluster()} spread over large clusters"
+                                  if config.representatives_per_cluster() > 1 else "")
+                               + (", and every batch outlier" if config.merge_mode == "full" else
+                                  "; batch outliers were not compared (merge mode original)")
+                               + "; pairs from the same batch skipped") if merge else "no merge",
+        },
+        "batches": {"total": n_batches, "computed_now": computed, "resumed": len(done_before)},
+        "timings": {**{k: round(v, 3) for k, v in timings.items()},
+                    "total_s": round(time.monotonic() - t_start, 3)},
+        "transfer_errors": failed,
+    }
+    _write_tables(layout, results, final, location, merge)
+    groups: dict[str, list[str]] = defaultdict(list)
+    for u, folder in zip(uris, folders):
+        groups[os.path.relpath(folder, layout.root) if "://" not in folder
+               else folder[len(layout.root):].strip("/")].append(location.get(u, u))
+    ordered = dict(sorted(groups.items(), key=lambda kv: (kv[0].endswith("outliers"), -len(kv[1]), kv[0])))
+    summary["report"] = _report(layout, summary, ordered, unreadable)
+    summary["timings"]["total_s"] = round(time.monotonic() - t_start, 3)
+    storage.write_text(layout.summary, json.dumps(summary, indent=1, default=str))
+    return summary
+
+
+def _current_locations(layout: Layout, uris: list[str]) -> list[str]:
+    """Each file's current URI: its batch-folder copy if a dontmerge run moved it there."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    st = layout.storage
+    prev = layout.work_path("plan_dontmerge.parquet")
+    state = layout.work_path("state.json")
+    if not st.exists(prev) or json.loads(st.read_text(state)).get("transfer") != "move":
+        return uris
+    plan = TransferPlan.from_table(pq.read_table(pa.BufferReader(st.read_bytes(prev))))
+    moved = dict(zip(plan.src.astype(str), plan.dst.astype(str)))
+    return [moved.get(u, u) if not st.exists(u) else u for u in uris]
+
+
+def _load_or_make_plan(layout: Layout, uri: str, uris: list[str], folders: list[str],
+                       sources: list[str]) -> TransferPlan:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    st = layout.storage
+    if st.exists(uri):
+        return TransferPlan.from_table(pq.read_table(pa.BufferReader(st.read_bytes(uri))))
+    plan = plan_transfers(uris, folders, st, sources)
+    buf = pa.BufferOutputStream()
+    pq.write_table(plan.to_table(), buf)
+    st.write_bytes(uri, buf.getvalue().to_pybytes())
+    return plan
+
+
+def _counts(results: Sequence[BatchResult], final: dict[int, np.ndarray] | None,
+            failed: dict[str, str]) -> dict[str, int]:
+    labels = np.concatenate([(final[r.batch] if final is not None else r.labels) for r in results])
+    batch_ids = np.concatenate([np.full(len(r.labels), r.batch) for r in results])
+    readable = labels != UNREADABLE
+    if final is not None:
+        n_clusters = int(labels.max() + 1) if readable.any() and labels.max() >= 0 else 0
+    else:
+        n_clusters = len({(b, c) for b, c in zip(batch_ids[labels >= 0], labels[labels >= 0])})
+    return {
+        "images": int(len(labels)), "readable": int(readable.sum()),
+        "unreadable": int((~readable).sum()), "clusters": n_clusters,
+        "clustered_images": int((labels >= 0).sum()), "outliers": int((labels == OUTLIER).sum()),
+        "transfer_errors": len(failed),
+    }

@@ -1,0 +1,256 @@
+"""Threshold selection: the sorted similarity curve of a sample, a suggestion, an HTML plot.
+
+The original tool plotted, for a small sample, the sorted pairwise similarities (y: threshold,
+x: number of pairs above it) in a matplotlib window. Here the same curve is computed on a
+sample spread over the size-sorted listing (every k-th file, so that all sizes - and so all
+kinds of images - are represented; the original took the smallest files, which on mixed data
+are often all of one kind), and written as a self-contained interactive HTML page.
+
+Suggestion rule ("MST gap rule"): clusters are connected components of the graph of pairs
+above the threshold (single linkage), so the thresholds that matter are the weights of the
+sample's maximum spanning tree. Sorted from high to low, a wide gap between two consecutive
+weights means a partition that stays the same over a wide range of thresholds. We take the
+widest gap among those leaving between 2 and n/2 groups in the sample, and suggest its middle.
+See :func:`suggest_threshold`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from icas_ray.features import FeatureMethod, concat_features
+from icas_ray.images import DecodeError, decode
+from icas_ray.storage import FileInfo, Storage
+
+__all__ = ["RULE", "SampleSimilarities", "sample_files", "sample_similarities", "suggest_threshold",
+           "threshold_curve", "render_threshold_html"]
+
+logger = logging.getLogger(__name__)
+
+#: Expensive methods sample fewer images unless asked otherwise (pairs grow quadratically).
+_EXPENSIVE_SAMPLE_CAP = 300
+
+
+@dataclass
+class SampleSimilarities:
+    """Pairwise similarities of a sample.
+
+    Attributes:
+        values: ``(P,) float32`` similarity of every pair of readable sampled images.
+        nearest: ``(n,) float32`` each image's highest similarity to another sampled image.
+        matrix: ``(n, n) float32`` the full matrix (diagonal = -inf).
+        uris: the sampled images that could be read.
+        n_images: number of images in the sample.
+        n_total: number of images in the whole listing.
+    """
+
+    values: np.ndarray
+    nearest: np.ndarray
+    matrix: np.ndarray
+    uris: list[str]
+    n_images: int
+    n_total: int
+
+
+def sample_files(files: Sequence[FileInfo], n: int) -> list[FileInfo]:
+    """``n`` files spread evenly over the size-sorted listing."""
+    ordered = sorted(files, key=lambda f: (f.size, f.uri))
+    if len(ordered) <= n:
+        return ordered
+    idx = np.unique(np.linspace(0, len(ordered) - 1, n).round().astype(int))
+    return [ordered[i] for i in idx]
+
+
+def _features_task(uris: list[str], method: FeatureMethod, read: Any, storage: Storage,
+                   ) -> tuple[list[str], dict[str, np.ndarray]]:
+    from icas_ray.errors import IcasError
+
+    ok, images = [], []
+    for uri in uris:
+        try:
+            images.append(decode(storage.read_bytes(uri), read))
+            ok.append(uri)
+        except (DecodeError, OSError, IcasError):
+            continue
+    return ok, method.extract(images) if images else {}
+
+
+def sample_similarities(files: Sequence[FileInfo], config: Any, *, storage: Storage,
+                        sample: int | None = None) -> SampleSimilarities:
+    """Similarities of all pairs of a sample (features computed in Ray tasks).
+
+    Args:
+        files: the whole listing.
+        config: a :class:`~icas_ray.pipeline.config.ClusterConfig` (method, read size).
+        storage: storage for reading.
+        sample: sample size (default ``config.threshold_sample``; expensive methods at most 300
+            unless given).
+    """
+    import ray
+
+    method = config.feature_method()
+    n = sample or config.threshold_sample
+    if sample is None and not method.cheap:
+        n = min(n, _EXPENSIVE_SAMPLE_CAP)
+    chosen = [f.uri for f in sample_files(files, n)]
+    task = ray.remote(_features_task).options(num_cpus=0.5)
+    chunk = 32
+    refs = [task.remote(chosen[i:i + chunk], method, config.read_config(), storage)
+            for i in range(0, len(chosen), chunk)]
+    parts = ray.get(refs)
+    uris = [u for ok, _ in parts for u in ok]
+    feats = concat_features([f for _, f in parts if f])
+    if len(uris) < 2:
+        raise_few(len(uris))
+    matrix = method.pairwise(feats, feats).astype(np.float32)
+    np.fill_diagonal(matrix, -np.inf)
+    iu = np.triu_indices(len(uris), 1)
+    return SampleSimilarities(values=matrix[iu], nearest=matrix.max(axis=1), matrix=matrix,
+                              uris=uris, n_images=len(uris), n_total=len(files))
+
+
+def raise_few(n: int) -> None:
+    from icas_ray.errors import InputError
+
+    raise InputError(f"only {n} readable image(s) in the sample: a threshold needs at least 2 "
+                     "readable images (give --threshold explicitly)")
+
+
+def suggest_threshold(matrix: np.ndarray, method: FeatureMethod) -> float:
+    """A threshold from a sample's similarity matrix (the MST gap rule of the module docstring).
+
+    Args:
+        matrix: ``(n, n)`` pairwise similarities of the sample (diagonal ignored).
+        method: the feature method (for its valid range).
+
+    Returns:
+        The suggested threshold, within the method's range.
+    """
+    from scipy.sparse.csgraph import minimum_spanning_tree
+
+    lo, hi = method.threshold_range
+    sim = np.array(matrix, dtype=np.float64)
+    n = len(sim)
+    np.fill_diagonal(sim, np.nan)
+    finite = np.isfinite(sim)
+    if n < 3 or not finite.any():
+        return float(hi)
+    sim[~finite] = np.nanmin(sim[finite]) if finite.any() else 0.0
+    top = float(np.nanmax(sim))
+    dist = (top + 1.0) - sim  # maximum spanning tree = minimum spanning tree of top+1-sim (> 0)
+    np.fill_diagonal(dist, 0.0)
+    weights = np.sort(top + 1.0 - minimum_spanning_tree(dist).tocoo().data)[::-1]
+    best: tuple[float, float] | None = None
+    for k in range(len(weights) - 1):
+        groups = n - (k + 1)  # components when the k+1 strongest tree edges are kept
+        if groups < 2 or groups > n / 2:
+            continue
+        gap = weights[k] - weights[k + 1]
+        if best is None or gap > best[0]:
+            best = (gap, (weights[k] + weights[k + 1]) / 2)
+    t = best[1] if best is not None else float(np.median(weights))
+    return float(np.clip(t, lo, hi))
+
+
+RULE = "middle of the widest gap in the sample's maximum-spanning-tree similarities"
+
+
+def threshold_curve(values: np.ndarray, nearest: np.ndarray, n_total: int, *,
+                    points: int = 400) -> list[dict[str, float]]:
+    """Points of the sorted similarity curve with what each threshold would give.
+
+    Each point: ``threshold``, ``pairs`` (sampled pairs with similarity > threshold),
+    ``clustered`` (sampled images with a neighbour above it) and ``clustered_estimate`` (that
+    share of the whole listing).
+    """
+    srt = np.sort(values[np.isfinite(values)])[::-1]
+    nn = np.sort(nearest[np.isfinite(nearest)])
+    if len(srt) == 0:
+        return []
+    ts = np.unique(np.quantile(srt, np.linspace(0, 1, points)))[::-1]
+    out = []
+    n = max(1, len(nearest))
+    for t in ts:
+        pairs = int(np.searchsorted(-srt, -t, side="left"))  # values > t
+        clustered = int(len(nn) - np.searchsorted(nn, t, side="right"))
+        out.append({"threshold": float(t), "pairs": pairs, "clustered": clustered,
+                    "clustered_estimate": int(round(clustered / n * n_total))})
+    return out
+
+
+_HTML = """<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>icas threshold: __TITLE__</title>
+<style>
+body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
+#plot{border:1px solid #ccc;cursor:crosshair;display:block}
+#hover,#picked{font-size:14px;margin:.5em 0;min-height:1.4em}
+code{background:#f3f3f3;padding:2px 6px;display:inline-block;margin-top:.3em}
+.muted{color:#777;font-size:13px}
+</style></head><body>
+<h1>Threshold for __METHOD__ on __TITLE__</h1>
+<p class="muted">Sorted similarities of all __PAIRS__ pairs of __N__ sampled images (of __TOTAL__).
+Y: threshold; X: number of sampled pairs above it. Hover to see what a threshold gives; click to pick it.
+Suggested: <b id="suggested">__SUGGESTED__</b> (__RULE__).</p>
+<svg id="plot" width="760" height="420"></svg>
+<div id="hover">hover over the curve</div>
+<div id="picked"></div>
+<script>
+const DATA = __DATA__;
+const svg = document.getElementById('plot'), W = 760, H = 420, L = 60, R = 20, T = 20, B = 40;
+const pts = DATA.curve;
+const maxX = Math.max(1, ...pts.map(p => p.pairs));
+const ys = pts.map(p => p.threshold);
+const minY = Math.min(...ys), maxY = Math.max(...ys);
+const sx = x => L + (W - L - R) * (Math.log10(1 + x) / Math.log10(1 + maxX));
+const sy = y => T + (H - T - B) * (1 - (y - minY) / Math.max(1e-9, maxY - minY));
+const NS = 'http://www.w3.org/2000/svg';
+function el(name, attrs, text) { const e = document.createElementNS(NS, name);
+  for (const k in attrs) e.setAttribute(k, attrs[k]); if (text) e.textContent = text; svg.appendChild(e); return e; }
+el('line', {x1: L, y1: H - B, x2: W - R, y2: H - B, stroke: '#444'});
+el('line', {x1: L, y1: T, x2: L, y2: H - B, stroke: '#444'});
+el('text', {x: W / 2, y: H - 8, 'text-anchor': 'middle', 'font-size': 12}, 'similar pairs in the sample (log scale)');
+el('text', {x: 14, y: H / 2, 'font-size': 12, transform: `rotate(-90 14 ${H / 2})`, 'text-anchor': 'middle'}, 'threshold');
+for (let i = 0; i <= 4; i++) { const v = minY + (maxY - minY) * i / 4;
+  el('text', {x: L - 6, y: sy(v) + 4, 'text-anchor': 'end', 'font-size': 11}, v.toFixed(3)); }
+el('polyline', {points: pts.map(p => `${sx(p.pairs)},${sy(p.threshold)}`).join(' '), fill: 'none', stroke: '#1f6feb', 'stroke-width': 2});
+const sug = DATA.suggested;
+el('line', {x1: L, x2: W - R, y1: sy(sug), y2: sy(sug), stroke: '#d29922', 'stroke-dasharray': '4 3'});
+const cross = el('line', {x1: L, x2: W - R, y1: -10, y2: -10, stroke: '#888'});
+const dot = el('circle', {cx: -10, cy: -10, r: 4, fill: '#cf222e'});
+function nearest(evt) { const r = svg.getBoundingClientRect(); const y = evt.clientY - r.top;
+  let best = pts[0], bd = 1e9; for (const p of pts) { const d = Math.abs(sy(p.threshold) - y); if (d < bd) { bd = d; best = p; } } return best; }
+function describe(p) { return `threshold ${p.threshold.toFixed(4)}: ${p.pairs} similar pairs in the sample, ` +
+  `${p.clustered} of ${DATA.n} sampled images clustered (about ${p.clustered_estimate} of all ${DATA.total} images)`; }
+svg.addEventListener('mousemove', evt => { const p = nearest(evt);
+  cross.setAttribute('y1', sy(p.threshold)); cross.setAttribute('y2', sy(p.threshold));
+  dot.setAttribute('cx', sx(p.pairs)); dot.setAttribute('cy', sy(p.threshold));
+  document.getElementById('hover').textContent = describe(p); });
+svg.addEventListener('click', evt => { const p = nearest(evt);
+  document.getElementById('picked').innerHTML = 'picked: ' + describe(p) +
+    '<br><code id="command">' + DATA.command.replace('{T}', p.threshold.toFixed(4)) + '</code>'; });
+</script></body></html>
+"""
+
+
+def render_threshold_html(*, curve: list[dict[str, float]], suggested: float, method: str,
+                          title: str, n: int, total: int, pairs: int, command: str,
+                          rule: str) -> str:
+    """The interactive plot page (self-contained, works offline).
+
+    ``command`` is the ``icas cluster`` command line with ``{T}`` where the threshold goes.
+    """
+    import html
+
+    data = {"curve": curve, "suggested": suggested, "n": n, "total": total, "command": command}
+    page = _HTML
+    for key, value in (("__TITLE__", html.escape(title)), ("__METHOD__", html.escape(method)),
+                       ("__PAIRS__", str(pairs)), ("__N__", str(n)), ("__TOTAL__", str(total)),
+                       ("__SUGGESTED__", f"{suggested:.4f}"), ("__RULE__", html.escape(rule))):
+        page = page.replace(key, value)
+    return page.replace("__DATA__", json.dumps(data).replace("</", "<\\/"))
