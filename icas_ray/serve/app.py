@@ -77,6 +77,35 @@ async def _json_body(request: Request) -> dict[str, Any]:
     return body
 
 
+def _keep_replica_grpc_on_loopback() -> None:
+    """Bind the replica's inter-deployment gRPC server to 127.0.0.1 when Ray runs on loopback.
+
+    Ray 2.60 binds it to ``[::]:0`` (every interface) whatever the node address; on an embedded
+    loopback Ray nothing needs to reach it from outside, so a laptop's service should not open a
+    port to the network. Best effort on Ray's private API: on a real cluster (node address not
+    127.0.0.1) or another Ray version it changes nothing. Must run before the replica finishes
+    initialising (its ``__init__`` does).
+    """
+    import ray
+
+    try:
+        from ray.serve._private import replica as _replica
+
+        if ray.util.get_node_ip_address() != "127.0.0.1":
+            return
+        original = _replica.add_port_to_grpc_server
+        if getattr(original, "_icas_loopback", False):
+            return
+
+        def loopback(server: Any, address: str) -> Any:
+            return original(server, address.replace("[::]", "127.0.0.1"))
+
+        loopback._icas_loopback = True  # type: ignore[attr-defined]
+        _replica.add_port_to_grpc_server = loopback
+    except (ImportError, AttributeError):
+        logger.debug("cannot pin the replica gRPC server to loopback on this Ray version")
+
+
 def _deployment_class(max_cached: int) -> Any:
     """The deployment class; built per app so the LRU size follows ``cache_mb``."""
     api = FastAPI(title="icas SAM service", docs_url=None, redoc_url=None)
@@ -86,6 +115,7 @@ def _deployment_class(max_cached: int) -> Any:
         def __init__(self, args: dict[str, Any]) -> None:
             import torch
 
+            _keep_replica_grpc_on_loopback()
             self.args = SamServeArgs(**args)
             threads = self.args.torch_threads or max(1, int(self.args.num_cpus))
             torch.set_num_threads(threads)
