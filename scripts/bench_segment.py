@@ -227,7 +227,10 @@ def run(args: argparse.Namespace) -> int:
         "",
         f"`scripts/bench.py segment` on {result['image']}, median of {r} runs, {result['date']}.",
         f"Machine: {mach.get('cpu')}, {mach.get('cpus')} CPUs, {mach.get('memory_gib')} GiB, "
-        f"Python {mach.get('python')}, GPU: {mach.get('gpu') or 'none'}; OpenCV threads: {result['cv2_threads']}.",
+        f"Python {mach.get('python')}, GPU: {mach.get('gpu') or 'none'}; "
+        f"OpenCV threads: {result['cv2_threads']}.",
+        "The machine may be shared with other work: absolute times are noisy; each seed/icas-ray",
+        "pair below ran back to back in the same process on the same input.",
         "",
         "## Every method (default parameters)",
         "",

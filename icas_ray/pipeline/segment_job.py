@@ -20,7 +20,13 @@ import numpy as np
 
 from icas_ray.errors import ConfigError, IcasError, InputError
 from icas_ray.images import ReadConfig
-from icas_ray.pipeline.read import STATUS_ERROR, STATUS_OK, DecodeImages, listing_dataset, read_bytes_batch
+from icas_ray.pipeline.read import (
+    STATUS_ERROR,
+    STATUS_OK,
+    DecodeImages,
+    listing_dataset,
+    read_bytes_batch,
+)
 from icas_ray.progress import NullProgress, Progress
 from icas_ray.runtime import ResourceConfig, cluster_cpus, init_ray
 from icas_ray.segment import get_method
@@ -76,7 +82,8 @@ class PresegmentConfig:
         if self.actors is not None and self.actors < 1:
             raise ConfigError(f"actors={self.actors} is invalid: expected >= 1")
         if not 0 < self.cpus_per_actor <= 64:
-            raise ConfigError(f"cpus_per_actor={self.cpus_per_actor} is invalid: expected 0 < c <= 64")
+            raise ConfigError(f"cpus_per_actor={self.cpus_per_actor} is invalid: "
+                              "expected 0 < c <= 64")
         if self.preview_side < 16:
             raise ConfigError(f"preview_side={self.preview_side} is invalid: expected >= 16")
 
@@ -140,7 +147,8 @@ class SegmentImages:
                 self.storage.write_bytes(labels_uri[i], data)
                 segments[i] = len(np.unique(labels[labels > 0]))
             except (IcasError, cv2.error) as e:
-                status[i], error[i] = STATUS_ERROR, f"segmentation failed: {str(e).strip().splitlines()[-1]}"
+                reason = str(e).strip().splitlines()[-1]
+                status[i], error[i] = STATUS_ERROR, f"segmentation failed: {reason}"
             seconds[i] = time.perf_counter() - t0
         return {"uri": rows["uri"], "status": status, "error": error, "segments": segments,
                 "labels_uri": labels_uri, "seconds": seconds}

@@ -9,7 +9,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["components", "label_regions", "partition_labels", "fill_unlabelled"]
+__all__ = [
+    "components", "fill_unlabelled", "label_regions", "partition_labels", "relabel_consecutive",
+]
 
 _K3 = np.ones((3, 3), np.uint8)
 #: Zero pixels searched per step when looking for the next unlabelled pixel; amortises the

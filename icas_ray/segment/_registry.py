@@ -44,7 +44,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
+        text = value.strip().lower() if isinstance(value, str) else None
+        if value is None or text in ("", "none", "null"):
             if type(None) in args:
                 return None
         inner = [a for a in args if a is not type(None)]
@@ -92,7 +93,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         try:
             return hint(value)
         except (TypeError, ValueError) as e:
-            raise ConfigError(f"{where}={value!r} is not a {'number' if hint is float else hint.__name__}") from e
+            kind = "number" if hint is float else hint.__name__
+            raise ConfigError(f"{where}={value!r} is not a {kind}") from e
     return value
 
 
@@ -154,7 +156,8 @@ class SegmentMethod:
                 f"valid parameters are {', '.join(self.param_names()) or 'none'}"
             )
         hints = typing.get_type_hints(self.params_type)
-        converted = {k: _coerce(v, hints[k], f"{self.name} parameter {k}") for k, v in renamed.items()}
+        converted = {k: _coerce(v, hints[k], f"{self.name} parameter {k}")
+                     for k, v in renamed.items()}
         try:
             if start is not None:
                 return dataclasses.replace(start, **converted)
@@ -259,5 +262,6 @@ def _check_labels(labels: np.ndarray, shape: tuple[int, ...], name: str) -> np.n
     if out.shape != tuple(shape) or (out.size and int(out.min()) < 0):
         # A bug in the method, not a user error.
         raise RuntimeError(f"method {name} returned labels of shape {out.shape} "
-                           f"(min {out.min() if out.size else None}); expected {tuple(shape)}, >= 0")
+                           f"(min {out.min() if out.size else None}); "
+                           f"expected {tuple(shape)}, >= 0")
     return out

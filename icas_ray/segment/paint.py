@@ -58,7 +58,8 @@ Point = tuple[int, int]
 def _color(color: Iterable[int]) -> Color:
     c = tuple(int(v) for v in color)
     if len(c) != 3 or not all(0 <= v <= 255 for v in c):
-        raise ConfigError(f"colour {tuple(color)!r} is invalid: expected (R, G, B) with 0..255 values")
+        raise ConfigError(f"colour {tuple(color)!r} is invalid: "
+                          "expected (R, G, B) with 0..255 values")
     return c  # type: ignore[return-value]
 
 
@@ -98,7 +99,8 @@ def _binary(mask: np.ndarray, shape: tuple[int, int], what: str) -> np.ndarray:
     if m.ndim == 3:
         m = m.any(axis=2)
     if m.shape != shape:
-        raise InputError(f"template {what} has shape {m.shape}: expected {shape}, the template's size")
+        raise InputError(f"template {what} has shape {m.shape}: "
+                         f"expected {shape}, the template's size")
     return m.astype(bool)
 
 
@@ -128,7 +130,8 @@ class Template:
         if seg.shape[:2] != shape:
             raise InputError(f"template segment has shape {seg.shape[:2]}: expected {shape}, "
                              "the template's size")
-        att = derive_attention(tpl) if self.attention is None else _binary(self.attention, shape, "attention")
+        att = (derive_attention(tpl) if self.attention is None
+               else _binary(self.attention, shape, "attention"))
         msk = derive_mask(seg) if self.mask is None else _binary(self.mask, shape, "mask")
         return tpl, att, seg, msk
 
@@ -189,7 +192,8 @@ class _Recorder:
             self.seen[idx] = True
             p = self.p
             self.parts.append(_Step(idx, p.result.reshape(-1, 3)[idx].copy(),
-                                    p.labels.reshape(-1)[idx].copy(), p.painted.reshape(-1)[idx].copy()))
+                                    p.labels.reshape(-1)[idx].copy(),
+                                    p.painted.reshape(-1)[idx].copy()))
 
     def commit(self) -> bool:
         """Push one undo step if any touched pixel changed; True if something changed."""

@@ -22,7 +22,8 @@ logger = logging.getLogger(__name__)
 
 def segment_all(image: np.ndarray, *, methods: Sequence[str] | None = None,
                 params: Mapping[str, Mapping[str, Any]] | None = None,
-                backend: Any = None) -> tuple[dict[str, np.ndarray], dict[str, str], dict[str, float]]:
+                backend: Any = None,
+                ) -> tuple[dict[str, np.ndarray], dict[str, str], dict[str, float]]:
     """Run several methods on one image.
 
     Args:
@@ -37,7 +38,8 @@ def segment_all(image: np.ndarray, *, methods: Sequence[str] | None = None,
     """
     params = {get_method(k).name: v for k, v in (params or {}).items()}
     if methods is None:
-        names = [m for m in method_names() if not get_method(m).needs_backend or backend is not None]
+        names = [m for m in method_names()
+                 if not get_method(m).needs_backend or backend is not None]
     else:
         names = [get_method(m).name for m in methods]
     results: dict[str, np.ndarray] = {}

@@ -85,7 +85,8 @@ def encode_preview(image: np.ndarray, labels: np.ndarray, max_side: int = 256) -
     if max(h, w) > max_side:
         f = max_side / max(h, w)
         pic = resize(pic, (max(1, round(w * f)), max(1, round(h * f))))
-    ok, jpg = cv2.imencode(".jpg", cv2.cvtColor(pic, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
+    bgr = cv2.cvtColor(pic, cv2.COLOR_RGB2BGR)
+    ok, jpg = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 85])
     if not ok:  # pragma: no cover
         raise RuntimeError("JPEG encoding failed")
     return jpg.tobytes()

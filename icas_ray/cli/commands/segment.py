@@ -109,7 +109,8 @@ def run(input_uri: str, method: str, params: tuple[str, ...], output: str | None
         values["backend"] = _backend(sam_url, sam_token)
     m.make_params(values)  # fail on bad parameters before starting Ray
     config = PresegmentConfig(input=input_uri, method=m.name, params=values, output=output,
-                              overwrite=overwrite, read=ReadConfig(max_side=max_side), actors=actors)
+                              overwrite=overwrite, read=ReadConfig(max_side=max_side),
+                              actors=actors)
     summary = presegment(config, storage=storage, resources=resources_from(address, num_cpus),
                          progress=LogProgress())
     click.echo(json.dumps(summary.to_dict(), indent=2))

@@ -6,8 +6,8 @@ label map`` and its frozen Params dataclass with the seed's defaults.
 
 from __future__ import annotations
 
-from icas_ray.segment.methods import chanvese, edge, felzenszwalb, grabcut, graph, kmeans  # noqa: F401
-from icas_ray.segment.methods import quickshift, sam, superpixel  # noqa: F401
+from icas_ray.segment.methods import chanvese, edge, felzenszwalb, grabcut  # noqa: F401
+from icas_ray.segment.methods import graph, kmeans, quickshift, sam, superpixel  # noqa: F401
 from icas_ray.segment.methods.chanvese import ChanveseParams
 from icas_ray.segment.methods.edge import EdgeParams
 from icas_ray.segment.methods.felzenszwalb import FelzenszwalbParams

@@ -25,7 +25,7 @@ _INIT = ("checkerboard", "disk", "small disk")
 
 @dataclass(frozen=True)
 class ChanveseParams:
-    """Parameters of ``chanvese``; all but ``number_of_bins`` go to ``skimage.segmentation.chan_vese``.
+    """Parameters of ``chanvese``; all but ``number_of_bins`` go to skimage's ``chan_vese``.
 
     Args:
         number_of_bins: level bands the level set is cut into (labels 1..N).

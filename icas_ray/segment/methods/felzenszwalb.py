@@ -33,7 +33,8 @@ class FelzenszwalbParams:
                 self.min_segment_size, ">= 0")
 
 
-@register("felzenszwalb", FelzenszwalbParams, summary="Felzenszwalb graph segmentation (scikit-image)")
+@register("felzenszwalb", FelzenszwalbParams,
+          summary="Felzenszwalb graph segmentation (scikit-image)")
 def felzenszwalb(image: np.ndarray, params: FelzenszwalbParams) -> np.ndarray:
     """Felzenszwalb segmentation; ``(H, W) int32`` connected segments from 1, no 0."""
     from skimage.segmentation import felzenszwalb as _felzenszwalb

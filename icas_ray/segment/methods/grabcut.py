@@ -58,7 +58,8 @@ class GrabcutParams:
     def __post_init__(self) -> None:
         if self.rect is not None:
             x0, y0, x1, y1 = self.rect
-            require(x1 > x0 and y1 > y0, "grabcut", "rect", self.rect, "(x0, y0, x1, y1) with x1 > x0 and y1 > y0")
+            require(x1 > x0 and y1 > y0, "grabcut", "rect", self.rect,
+                    "(x0, y0, x1, y1) with x1 > x0 and y1 > y0")
         require(self.brush >= 0, "grabcut", "brush", self.brush, ">= 0")
         require(self.iterations >= 1, "grabcut", "iterations", self.iterations, ">= 1")
         require(0 <= self.margin < 0.5, "grabcut", "margin", self.margin, "0 <= margin < 0.5")
@@ -90,7 +91,8 @@ def grabcut_mask(image: np.ndarray, params: GrabcutParams) -> np.ndarray:
     if rect is not None:
         x0, y0, x1, y1 = (max(0, min(v, lim)) for v, lim in zip(rect, (w, h, w, h)))
         if x1 <= x0 or y1 <= y0:
-            raise ConfigError(f"grabcut parameter rect={tuple(params.rect or ())!r} lies outside the "
+            given = tuple(params.rect or ())
+            raise ConfigError(f"grabcut parameter rect={given!r} lies outside the "
                               f"{w}x{h} image: use (x0, y0, x1, y1) pixel coordinates inside it")
         mask[:] = cv2.GC_BGD
         mask[y0:y1, x0:x1] = cv2.GC_PR_FGD

@@ -29,7 +29,8 @@ class GraphParams:
 
     def __post_init__(self) -> None:
         require(self.k > 0, "graph", "k", self.k, "> 0")
-        require(self.min_segment_size >= 0, "graph", "min_segment_size", self.min_segment_size, ">= 0")
+        require(self.min_segment_size >= 0, "graph", "min_segment_size", self.min_segment_size,
+                ">= 0")
         require(self.sigma >= 0, "graph", "sigma", self.sigma, ">= 0")
 
 

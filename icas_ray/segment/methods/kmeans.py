@@ -44,7 +44,8 @@ class KmeansParams:
 
     def __post_init__(self) -> None:
         require(self.k >= 1, "kmeans", "k", self.k, ">= 1")
-        require(self.color_importance > 0, "kmeans", "color_importance", self.color_importance, "> 0")
+        require(self.color_importance > 0, "kmeans", "color_importance", self.color_importance,
+                "> 0")
         require(self.attempts >= 1, "kmeans", "attempts", self.attempts, ">= 1")
         require(self.max_iter >= 1, "kmeans", "max_iter", self.max_iter, ">= 1")
         require(self.epsilon >= 0, "kmeans", "epsilon", self.epsilon, ">= 0")

@@ -24,7 +24,8 @@ logger = logging.getLogger(__name__)
 _ALGORITHMS = {"slic": 100, "slico": 101, "mslic": 102}  # cv2.ximgproc.SLIC / SLICO / MSLIC
 
 
-def _check_slic(method: str, region_size: int, ruler: float, algorithm: str, iterations: int) -> None:
+def _check_slic(method: str, region_size: int, ruler: float, algorithm: str,
+                iterations: int) -> None:
     require(region_size >= 2, method, "region_size", region_size, ">= 2 (pixels)")
     require(ruler > 0, method, "ruler", ruler, "> 0")
     choice(method, "algorithm", algorithm, tuple(_ALGORITHMS))
@@ -111,14 +112,16 @@ def slickmeans(image: np.ndarray, params: SlickmeansParams) -> np.ndarray:
     counts = np.bincount(flat, minlength=n).astype(np.float64)
     present = counts > 0
     rows, cols = np.divmod(np.arange(h * w), w)
-    feats = [np.bincount(flat, weights=rows, minlength=n), np.bincount(flat, weights=cols, minlength=n)]
+    feats = [np.bincount(flat, weights=rows, minlength=n),
+             np.bincount(flat, weights=cols, minlength=n)]
     feats += [np.bincount(flat, weights=lab[..., c].reshape(-1), minlength=n) for c in range(3)]
     features = (np.stack(feats, axis=1)[present] / counts[present, None]).astype(np.float32)
     k = min(params.k, len(features))
     if params.seed is not None:
         cv2.setRNGSeed(params.seed)
     criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 100, 0.2)
-    _, assign, _ = cv2.kmeans(features, k, None, criteria, params.attempts, cv2.KMEANS_RANDOM_CENTERS)
+    _, assign, _ = cv2.kmeans(features, k, None, criteria, params.attempts,
+                              cv2.KMEANS_RANDOM_CENTERS)
     lut = np.zeros(n, np.int32)
     lut[present] = assign.reshape(-1) + 1
     return lut[sp]
