@@ -176,3 +176,25 @@ def test_cli_preview_writes_every_method(tmp_path) -> None:
     r = CliRunner().invoke(cli, ["segment", "preview", str(image), "--output", str(out),
                                  "-p", "region_size=12"])
     assert r.exit_code == 2 and "names no method" in r.output
+
+
+def test_plan_with_relative_paths_and_output_inside_input(photos: str, monkeypatch) -> None:
+    from icas_ray.pipeline.segment_job import plan_presegment
+
+    monkeypatch.chdir(os.path.dirname(photos))
+    storage = Storage()
+    plan = plan_presegment(PresegmentConfig(input="photos", method="graph",
+                                            output="photos/segs"), storage)
+    assert plan.layout.input == photos and plan.layout.output == os.path.join(photos, "segs")
+    rels = sorted(plan.layout.relative(f.uri) for f in plan.todo)
+    assert rels == sorted([*PHOTOS, "broken.jpg"])
+    # Stored label maps inside the input are neither inputs nor redone.
+    storage.write_bytes(plan.layout.labels_uri(os.path.join(photos, "sub/chelsea.png")), b"x")
+    storage.write_bytes(plan.layout.preview_uri(os.path.join(photos, "sub/chelsea.png")), b"x")
+    plan = plan_presegment(PresegmentConfig(input="photos/", method="graph",
+                                            output="photos/segs"), storage)
+    assert len(plan.files) == 5 and plan.done == {"sub/chelsea.png"} and len(plan.todo) == 4
+    with pytest.raises(ConfigError, match="is the input folder"):
+        plan_presegment(PresegmentConfig(input="photos", method="graph", output="./photos"), storage)
+    with pytest.raises(ConfigError, match="method sam needs a SAM backend"):
+        plan_presegment(PresegmentConfig(input="photos", method="sam"), storage)

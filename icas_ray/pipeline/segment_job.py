@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,11 +30,14 @@ from icas_ray.pipeline.read import (
 )
 from icas_ray.progress import NullProgress, Progress
 from icas_ray.runtime import ResourceConfig, cluster_cpus, init_ray
-from icas_ray.segment import get_method
+from icas_ray.segment import SegmentMethod, get_method
 from icas_ray.segment.store import PresegLayout, default_output, encode_labels, encode_preview
-from icas_ray.storage import Storage
+from icas_ray.storage import FileInfo, Storage
 
-__all__ = ["PresegmentConfig", "PresegmentSummary", "SegmentImages", "params_record", "presegment"]
+__all__ = [
+    "PresegmentConfig", "PresegmentPlan", "PresegmentSummary", "SegmentImages", "params_record",
+    "plan_presegment", "presegment",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -154,40 +158,77 @@ class SegmentImages:
                 "labels_uri": labels_uri, "seconds": seconds}
 
 
-def presegment(config: PresegmentConfig, *, storage: Storage | None = None,
-               resources: ResourceConfig | None = None, progress: Progress | None = None,
-               ) -> PresegmentSummary:
-    """Pre-segment every image under ``config.input``; see the module docstring.
+def _absolute(uri: str) -> str:
+    """Local paths made absolute (listings return absolute paths); URIs unchanged."""
+    if "://" in uri:
+        return uri.rstrip("/")
+    return os.path.abspath(os.path.expanduser(uri)).rstrip(os.sep) or os.sep
+
+
+@dataclass
+class PresegmentPlan:
+    """What a run will do, decided before Ray starts (see :func:`plan_presegment`)."""
+
+    method: SegmentMethod
+    params: Any
+    layout: PresegLayout
+    record: dict[str, Any]
+    files: list[FileInfo]
+    done: set[str]
+    todo: list[FileInfo]
+
+
+def plan_presegment(config: PresegmentConfig, storage: Storage) -> PresegmentPlan:
+    """Validate the configuration, list the images and find those already done.
 
     Raises:
-        ConfigError: unknown method, bad parameters, stored labels made with other parameters
-            (use ``overwrite``), or the output inside the input.
+        ConfigError: unknown method, bad parameters, no SAM backend, the output is the input,
+            or stored labels were made with other parameters (use ``overwrite``).
         InputError: the input does not exist or holds no images.
     """
-    import ray
-
-    storage = storage or Storage()
     method = get_method(config.method)
     params = method.make_params(config.params)
     if method.needs_backend and getattr(params, "backend", None) is None:
         raise ConfigError("method sam needs a SAM backend: give --sam-url URL of `icas serve`")
-    output = (config.output or default_output(config.input)).rstrip("/")
-    layout = PresegLayout(config.input.rstrip("/"), output, method.name)
+    source = _absolute(config.input)
+    output = _absolute(config.output or default_output(config.input))
+    if output == source:
+        raise ConfigError(f"--output {config.output!r} is the input folder: choose another folder "
+                          "(the default is INPUT_segmented)")
+    layout = PresegLayout(source, output, method.name)
     record = params_record(method.name, params)
     if storage.exists(layout.params_uri) and not config.overwrite:
         previous = json.loads(storage.read_text(layout.params_uri))
         if previous != record:
             raise ConfigError(f"{layout.folder} holds labels made with other parameters "
                               f"({previous['params']}): add --overwrite or choose another --output")
-    t0 = time.perf_counter()
-    files = storage.list_images(config.input, exclude=(output,))
+    # The output may lie inside the input: its previews and PNG label maps are not inputs.
+    files = storage.list_images(source, exclude=(output,))
     if not files:
         raise InputError(f"no images found under {config.input!r}: check the path")
     done = set() if config.overwrite else layout.done(storage)
     todo = [f for f in files if layout.relative(f.uri) not in done]
-    summary = PresegmentSummary(method=method.name, input=config.input, output=output,
+    return PresegmentPlan(method, params, layout, record, files, done, todo)
+
+
+def presegment(config: PresegmentConfig, *, storage: Storage | None = None,
+               resources: ResourceConfig | None = None, progress: Progress | None = None,
+               ) -> PresegmentSummary:
+    """Pre-segment every image under ``config.input``; see the module docstring.
+
+    Raises:
+        ConfigError, InputError: as :func:`plan_presegment`, before any Ray work starts.
+    """
+    import ray
+
+    storage = storage or Storage()
+    t0 = time.perf_counter()
+    plan = plan_presegment(config, storage)
+    method, params, layout, files, done, todo = (plan.method, plan.params, plan.layout,
+                                                 plan.files, plan.done, plan.todo)
+    summary = PresegmentSummary(method=method.name, input=config.input, output=layout.output,
                                 images=len(files), skipped=len(files) - len(todo))
-    storage.write_text(layout.params_uri, json.dumps(record, indent=2))
+    storage.write_text(layout.params_uri, json.dumps(plan.record, indent=2))
     logger.info("segmenting %d image(s) with %s (%d already done)", len(todo), method.name,
                 summary.skipped)
     manifest = [{"uri": f.uri, "status": STATUS_SKIPPED, "error": "", "segments": None,
