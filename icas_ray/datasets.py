@@ -81,7 +81,7 @@ def render_digit(digit: int, rng: np.random.Generator, *, colour_jitter: bool = 
         bg = rng.integers(170, 256, size=3)
         fg = rng.integers(0, 90, size=3)
     else:
-        bg = np.full(3, rng.integers(215, 256))
+        bg = np.full(3, rng.integers(235, 256))
         fg = np.full(3, rng.integers(0, 40))
     image = np.empty((size, size, 3), np.uint8)
     image[:] = bg.astype(np.uint8)

@@ -2,8 +2,8 @@
 
 As in the original tool: descriptors are matched with a brute-force Hamming matcher with
 cross-check; a match is good when its distance is below ``ratio`` times the largest distance
-among the pair's matches; similarity = good matches / matches (0 when either image has no
-descriptors). Matching is OpenCV's (C++) per pair; the pipeline spreads pairs over actors.
+among the pair's matches, or exactly 0 (the original's strict "<" scored an image 0 against
+itself); similarity = good matches / matches (0 when either image has no descriptors). Matching is OpenCV's (C++) per pair; the pipeline spreads pairs over actors.
 """
 
 from __future__ import annotations
@@ -39,7 +39,9 @@ def orb_similarity(da: np.ndarray, db: np.ndarray, ratio: float, matcher: cv2.BF
     if not matches:
         return 0.0
     d = np.fromiter((m.distance for m in matches), np.float32, len(matches))
-    return float(np.count_nonzero(d < ratio * d.max()) / len(d))
+    # Exact matches (distance 0) are good: with the original's strict "<" an image scored 0
+    # against itself, since all its distances are 0 = 0.75 * max.
+    return float(np.count_nonzero((d < ratio * d.max()) | (d == 0)) / len(d))
 
 
 @register("ORB")

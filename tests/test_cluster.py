@@ -1,0 +1,322 @@
+"""``icas cluster`` end to end on the session Ray: accuracy, layout, S3, options, resume, bad input."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+from sklearn.metrics import adjusted_rand_score
+
+from icas_ray.datasets import make_dataset, read_truth
+from icas_ray.errors import ConfigError, InputError
+from icas_ray.pipeline.classic import cluster
+from icas_ray.pipeline.config import ClusterConfig
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+
+@pytest.fixture(scope="session")
+def digits1000(tmp_path_factory):  # type: ignore[no-untyped-def]
+    out = str(tmp_path_factory.mktemp("digits1000"))
+    make_dataset("digits", out, count=1000, seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def digits200(tmp_path_factory):  # type: ignore[no-untyped-def]
+    out = str(tmp_path_factory.mktemp("digits200"))
+    make_dataset("digits", out, count=200, seed=1)
+    return out
+
+
+def _manifest(output: str, storage=None):  # type: ignore[no-untyped-def]
+    if storage is None:
+        return pq.read_table(os.path.join(output, "manifest.parquet")).to_pandas()
+    return pq.read_table(io.BytesIO(storage.read_bytes(storage.join(output, "manifest.parquet")))).to_pandas()
+
+
+def _ari(manifest, truth):  # type: ignore[no-untyped-def]
+    """ARI with every outlier as its own group (unreadable files excluded)."""
+    rows = manifest[manifest.status == "ok"]
+    names = [os.path.basename(u) for u in rows.uri]
+    pred = [f"c{c:.0f}" if c == c else f"o{i}" for i, c in enumerate(rows.cluster)]
+    return adjusted_rand_score([truth[n] for n in names], pred)
+
+
+def _result_files(output: str) -> list[str]:
+    found = []
+    for root, _, files in os.walk(os.path.join(output, "results")):
+        found += [os.path.join(root, f) for f in files]
+    return found
+
+
+def _check_all_accounted(input_dir: str, output: str, expected: int) -> None:
+    files = _result_files(output)
+    assert len(files) == expected
+    # every result file is a byte-identical copy of one input file, each input used once
+    names = Counter(os.path.basename(f) for f in files)
+    assert max(names.values()) == 1
+
+
+# Thresholds chosen once on these generated digits (exhaustive strategy, batches of 250).
+@pytest.mark.parametrize("method,threshold,min_ari", [
+    ("imagehash", 0.84, 0.95),
+    ("minhash", 0.3, 0.5),
+    ("SSIM", 0.9, 0.85),
+    ("TM", 0.98, 0.95),
+], ids=["imagehash", "minhash", "SSIM", "TM"])
+def test_digits_1000_accuracy(digits1000, tmp_path, method, threshold, min_ari):  # type: ignore[no-untyped-def]
+    out = str(tmp_path / "out")
+    summary = cluster(digits1000, out, ClusterConfig(method=method, threshold=threshold, batch_size=250))
+    assert summary["batches"]["total"] == 4 and summary["comparisons"]["merge_comparisons"] > 0
+    m = _manifest(out)
+    assert len(m) == 1000 and m.uri.is_unique
+    ari = _ari(m, read_truth(digits1000))
+    assert ari >= min_ari, f"{method}: ARI {ari:.3f} < {min_ari}"
+    _check_all_accounted(digits1000, out, 1000)
+    c = summary["counts"]
+    assert c["clustered_images"] + c["outliers"] + c["unreadable"] == 1000
+
+
+@pytest.mark.parametrize("method,threshold,min_ari", [
+    ("ORB", 0.98, 0.25),
+], ids=["ORB"])
+def test_digits_small_accuracy(digits200, tmp_path, method, threshold, min_ari):  # type: ignore[no-untyped-def]
+    out = str(tmp_path / "out")
+    cluster(digits200, out, ClusterConfig(method=method, threshold=threshold, batch_size=50))
+    m = _manifest(out)
+    ari = _ari(m, read_truth(digits200))
+    assert ari >= min_ari, f"{method}: ARI {ari:.3f} < {min_ari}"
+    _check_all_accounted(digits200, out, 200)
+
+
+def test_near_duplicates_group_by_photo(tmp_path):  # type: ignore[no-untyped-def]
+    src = str(tmp_path / "nd")
+    make_dataset("near-duplicates", src, count=120, seed=2, classes=8)
+    out = str(tmp_path / "out")
+    # Crops of 80-95%, rotations and re-encoding defeat global hashes; ORB's local features
+    # survive them (imagehash's nearest neighbours are right, but its similarity ranges overlap).
+    cluster(src, out, ClusterConfig(method="ORB", threshold=0.95, batch_size=40))
+    m = _manifest(out)
+    truth = read_truth(src)
+    assert _ari(m, truth) >= 0.85
+    # clusters are (nearly) pure: each holds variants of one photo
+    clustered = m[m.cluster.notna()]
+    majority = sum(Counter(truth[os.path.basename(u)] for u in rows.uri).most_common(1)[0][1]
+                   for _, rows in clustered.groupby("cluster"))
+    assert majority >= 0.95 * len(clustered)
+
+
+def test_s3_input_and_output(s3_server, s3_bucket, digits200, tmp_path):  # type: ignore[no-untyped-def]
+    st = s3_server.storage()
+    for name in os.listdir(digits200):
+        with open(os.path.join(digits200, name), "rb") as f:
+            st.write_bytes(f"s3://{s3_bucket}/in/{name}", f.read())
+    out = f"s3://{s3_bucket}/out"
+    cfg = dict(method="imagehash", threshold=0.84, batch_size=50)
+    summary = cluster(f"s3://{s3_bucket}/in", out, ClusterConfig(**cfg), storage=st)
+    m = _manifest(out, st)
+    local = str(tmp_path / "local")
+    cluster(digits200, local, ClusterConfig(**cfg))
+    ml = _manifest(local)
+    truth = read_truth(digits200)
+    # the same partition as from the local folder
+    assert len(m) == 200 and _ari(m, truth) == pytest.approx(_ari(ml, truth))
+    assert _ari(m, truth) >= 0.75
+    results = [f for f in st.list_files(f"{out}/results")]
+    assert len(results) == 200
+    assert st.exists(f"{out}/summary.json") and st.exists(f"{out}/report.html")
+    assert summary["report"] == f"{out}/report.html"
+
+
+def test_layout_manifest_edges_summary_report(digits200, tmp_path):  # type: ignore[no-untyped-def]
+    out = str(tmp_path / "out")
+    summary = cluster(digits200, out, ClusterConfig(method="imagehash", threshold=0.84, batch_size=50))
+    assert sorted(os.listdir(out)) == ["_icas", "edges.parquet", "manifest.parquet", "report.html",
+                                       "results", "summary.json"]
+    folders = sorted(os.listdir(os.path.join(out, "results")))
+    assert all(f.startswith("cluster_") or f == "outliers" for f in folders)
+    sizes = [len(os.listdir(os.path.join(out, "results", f))) for f in folders if f != "outliers"]
+    by_id = [len(os.listdir(os.path.join(out, "results", f"cluster_{i}"))) for i in range(len(sizes))]
+    assert by_id == sorted(by_id, reverse=True)  # cluster_0 is the largest
+    m = _manifest(out)
+    assert set(m.columns) >= {"uri", "size", "batch", "batch_cluster", "cluster", "is_representative",
+                              "status", "error"}
+    assert m.is_representative.any()
+    edges = pq.read_table(os.path.join(out, "edges.parquet")).to_pandas()
+    assert set(edges.phase) <= {"batch", "merge"} and (edges.similarity > 0.84).all()
+    s = json.load(open(os.path.join(out, "summary.json")))
+    assert s["comparisons"]["all_pairs"] == 200 * 199 // 2
+    assert "merge_compared" in s["comparisons"] and s["threshold"] == 0.84
+    report = open(os.path.join(out, "report.html")).read()
+    assert "cluster_0" in report and "data:image/jpeg;base64," in report
+    assert summary["counts"]["images"] == 200
+
+
+def test_dontmerge_then_merge_equals_all(digits200, tmp_path):  # type: ignore[no-untyped-def]
+    cfg = dict(method="imagehash", threshold=0.84, batch_size=50)
+    all_out = str(tmp_path / "all")
+    cluster(digits200, all_out, ClusterConfig(**cfg))
+    split = str(tmp_path / "split")
+    s1 = cluster(digits200, split, ClusterConfig(option="dontmerge", **cfg))
+    assert os.path.isdir(os.path.join(split, "batches", "batch_0"))
+    assert s1["comparisons"]["merge_comparisons"] == 0
+    cluster(digits200, split, ClusterConfig(option="merge", **cfg))
+    a, b = _manifest(all_out), _manifest(split)
+    assert (a.sort_values("uri").cluster.fillna(-1).values == b.sort_values("uri").cluster.fillna(-1).values).all()
+    assert os.path.isdir(os.path.join(split, "batches"))  # batch folders kept, as the original
+
+
+def test_merge_without_batches_is_refused(digits200, tmp_path):  # type: ignore[no-untyped-def]
+    with pytest.raises(ConfigError, match="--option merge needs the batch results"):
+        cluster(digits200, str(tmp_path / "none"), ClusterConfig(option="merge", threshold=0.8))
+
+
+def test_overwrite_refusal_and_overwrite(digits200, tmp_path):  # type: ignore[no-untyped-def]
+    out = str(tmp_path / "out")
+    cfg = dict(method="imagehash", threshold=0.84, batch_size=100)
+    cluster(digits200, out, ClusterConfig(**cfg))
+    with pytest.raises(ConfigError, match="already holds a finished result: pass --overwrite"):
+        cluster(digits200, out, ClusterConfig(**cfg))
+    s = cluster(digits200, out, ClusterConfig(overwrite=True, **cfg))
+    assert s["batches"]["computed_now"] == 2 and len(_result_files(out)) == 200
+
+
+def test_output_inside_input_is_refused(digits200):  # type: ignore[no-untyped-def]
+    with pytest.raises(ConfigError, match="inside the input"):
+        cluster(digits200, os.path.join(digits200, "out"), ClusterConfig(threshold=0.8))
+
+
+def test_missing_input_is_one_line_error(tmp_path):  # type: ignore[no-untyped-def]
+    with pytest.raises(InputError, match="does not exist: check the path"):
+        cluster(str(tmp_path / "missing"), None, ClusterConfig(threshold=0.8))
+
+
+def test_no_images_is_one_line_error(tmp_path):  # type: ignore[no-untyped-def]
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").write_text("x")
+    with pytest.raises(InputError, match="no images found"):
+        cluster(str(tmp_path / "in"), None, ClusterConfig(threshold=0.8))
+
+
+def test_same_name_collision_never_overwrites(tmp_path):  # type: ignore[no-untyped-def]
+    src = tmp_path / "in"
+    img = np.zeros((64, 64, 3), np.uint8)
+    img[16:48, 16:48] = 255
+    for sub in ("a", "b", "c"):
+        (src / sub).mkdir(parents=True)
+        Image.fromarray(img).save(src / sub / "same.png")
+    out = str(tmp_path / "out")
+    cluster(str(src), out, ClusterConfig(threshold=0.9, batch_size=10))
+    files = sorted(os.listdir(os.path.join(out, "results", "cluster_0")))
+    assert files == ["same.png", "same_1.png", "same_2.png"]
+
+
+def _save(path, array, **kw):  # type: ignore[no-untyped-def]
+    Image.fromarray(array).save(path, **kw)
+
+
+def test_bad_and_unusual_inputs_are_all_accounted_for(tmp_path):  # type: ignore[no-untyped-def]
+    src = tmp_path / "in"
+    src.mkdir()
+    base = np.zeros((80, 80, 3), np.uint8)
+    base[20:60, 20:60] = (200, 30, 30)
+    _save(src / "rgb.png", base)
+    _save(src / "grey.png", base[..., 0])
+    _save(src / "rgba.png", np.dstack([base, np.full((80, 80), 255, np.uint8)]))
+    Image.fromarray((base[..., 0].astype(np.uint16) * 257)).save(src / "sixteen.png")
+    _save(src / "ünïcødé 图像.png", base)
+    _save(src / "huge.png", np.zeros((400, 400, 3), np.uint8))
+    (src / "empty.png").write_bytes(b"")
+    (src / "text.png").write_text("not an image")
+    good = io.BytesIO()
+    Image.fromarray(base).save(good, "JPEG")
+    (src / "truncated.jpg").write_bytes(good.getvalue()[:200])
+    out = str(tmp_path / "out")
+    summary = cluster(str(src), out, ClusterConfig(threshold=0.9, batch_size=4, max_pixels=100_000))
+    m = _manifest(out).set_index(m_idx := "uri")
+    reasons = {os.path.basename(u): r for u, r in zip(m.index, m.error)}
+    assert reasons["empty.png"] == "empty file"
+    assert reasons["text.png"].startswith("cannot identify image")
+    assert reasons["truncated.jpg"].startswith("truncated") or "corrupt" in reasons["truncated.jpg"]
+    assert reasons["huge.png"].startswith("exceeds pixel limit")
+    ok = {os.path.basename(u) for u in m.index[m.status == "ok"]}
+    assert ok == {"rgb.png", "grey.png", "rgba.png", "sixteen.png", "ünïcødé 图像.png"}
+    assert summary["counts"] == {**summary["counts"], "images": 9, "unreadable": 4}
+    # unreadable files stay where they were; readable ones were copied
+    assert (src / "empty.png").exists() and len(_result_files(out)) == 5
+    assert m_idx == "uri"
+
+
+def _cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "icas_ray", *args], capture_output=True, text=True,
+                          env=full_env, timeout=timeout)
+
+
+@pytest.mark.parametrize("transfer", ["copy", "move"])
+def test_resume_after_kill(digits200, tmp_path, transfer):  # type: ignore[no-untyped-def]
+    """A run killed mid-way (batches, then writing) resumes without losing or duplicating."""
+    import shutil
+
+    src = str(tmp_path / "in")
+    shutil.copytree(digits200, src)
+    os.remove(os.path.join(src, "truth.csv"))
+    out = str(tmp_path / "out")
+    args = ["cluster", src, "--output", out, "--threshold", "0.84", "--batch-size", "40",
+            "--transfer", transfer, "--num-cpus", "2"]
+    r = _cli(*args, env={"ICAS_FAILPOINT": "batches:2"})
+    assert r.returncode == 75, r.stderr[-2000:]
+    ckpt = os.path.join(out, "_icas", "batches")
+    done = {f: os.path.getmtime(os.path.join(ckpt, f)) for f in os.listdir(ckpt)}
+    assert 2 <= len(done) < 5
+    # second interruption: during the writing phase (after the first writer task)
+    r = _cli(*args, env={"ICAS_FAILPOINT": "transfers:1"})
+    assert r.returncode == 75, r.stderr[-2000:]
+    assert f"resuming: {len(done)} of 5 batches already done" in r.stderr
+    for f, t in done.items():  # finished batches were not recomputed
+        assert os.path.getmtime(os.path.join(ckpt, f)) == t
+    r = _cli(*args)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "200 images:" in r.stdout
+    results = _result_files(out)
+    assert len(results) == 200 and len({os.path.basename(f) for f in results}) == 200
+    left = [f for f in os.listdir(src) if f.endswith(".png")]
+    assert len(left) == (200 if transfer == "copy" else 0)
+    summary = json.load(open(os.path.join(out, "summary.json")))
+    assert summary["batches"]["computed_now"] == 0 and summary["batches"]["resumed"] == 5
+
+
+def test_overwrite_after_move_is_refused(digits200, tmp_path):  # type: ignore[no-untyped-def]
+    import shutil
+
+    src = str(tmp_path / "in")
+    shutil.copytree(digits200, src)
+    out = str(tmp_path / "out")
+    cluster(src, out, ClusterConfig(threshold=0.84, batch_size=100, transfer="move"))
+    assert not [f for f in os.listdir(src) if f.endswith(".png")]
+    with pytest.raises(ConfigError, match="moved there by an earlier run"):
+        cluster(src, out, ClusterConfig(threshold=0.84, batch_size=100, overwrite=True))
+    assert len(_result_files(out)) == 200
+
+
+def test_cli_cluster_prints_summary_and_report(digits200, tmp_path):  # type: ignore[no-untyped-def]
+    from click.testing import CliRunner
+
+    from icas_ray.cli import cli
+
+    out = str(tmp_path / "out")
+    r = CliRunner().invoke(cli, ["cluster", digits200, "--output", out, "--threshold", "0.84",
+                                 "--batch-size", "100", "--param", "hash_size=16"])
+    assert r.exit_code == 0, r.output
+    assert "200 images:" in r.output and f"report:  {out}/report.html" in r.output
+    r = CliRunner().invoke(cli, ["cluster", digits200, "--output", out, "--threshold", "7"])
+    assert r.exit_code != 0 and "threshold 7.0 is out of range" in str(r.exception)

@@ -1,0 +1,145 @@
+"""Feature kernels against their per-pair references, numpy against torch, graph strategies."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from icas_ray.errors import ConfigError
+from icas_ray.features import get_method, method_names
+from icas_ray.features.ssim import ssim_matrix, ssim_matrix_torch
+from icas_ray.features.tm import tm_matrix, tm_matrix_torch
+from icas_ray.graph import build_edges, cluster_labels, components
+
+RNG = np.random.default_rng(0)
+
+
+def _images(n: int = 6, size: int = 48) -> np.ndarray:
+    base = RNG.integers(0, 256, (n, size, size), dtype=np.uint8)
+    base[1] = np.clip(base[0].astype(int) + 7, 0, 255)  # a near-duplicate pair
+    return base
+
+
+def test_registry_lists_and_rejects():  # type: ignore[no-untyped-def]
+    assert method_names() == ["imagehash", "minhash", "ORB", "SSIM", "TM"]
+    assert get_method("ssim").name == "SSIM"  # case-insensitive
+    with pytest.raises(ConfigError, match="unknown method 'sift': must be one of imagehash, minhash, ORB, SSIM, TM"):
+        get_method("sift")
+    with pytest.raises(ConfigError, match="unknown parameter.*hashsize.*valid parameters are hash_size, highfreq_factor"):
+        get_method("imagehash", {"hashsize": 8})
+    with pytest.raises(ConfigError, match="win_size=4 .* odd"):
+        get_method("SSIM", {"win_size": 4})
+
+
+def test_ssim_matches_skimage_and_torch():  # type: ignore[no-untyped-def]
+    from skimage.metrics import structural_similarity
+
+    g = _images()
+    ref = np.array([[structural_similarity(a, b) for b in g] for a in g])
+    np.testing.assert_allclose(ssim_matrix(g, g), ref, atol=1e-5)
+    np.testing.assert_allclose(ssim_matrix_torch(g, g), ref, atol=1e-5)
+
+
+def test_tm_matches_opencv_and_torch():  # type: ignore[no-untyped-def]
+    g = _images()
+    ref = np.array([[1 - cv2.matchTemplate(a, b, cv2.TM_SQDIFF_NORMED)[0, 0] for b in g] for a in g])
+    np.testing.assert_allclose(tm_matrix(g, g), ref, atol=1e-5)
+    np.testing.assert_allclose(tm_matrix_torch(g, g), ref, atol=1e-5)
+
+
+def test_imagehash_matches_library_distance():  # type: ignore[no-untyped-def]
+    import imagehash
+
+    imgs = [np.repeat(g[..., None], 3, 2) for g in _images(size=64)]
+    m = get_method("imagehash", {"hash_size": 8})
+    sim = m.pairwise(m.extract(imgs), m.extract(imgs))
+    hashes = [imagehash.phash(Image.fromarray(i), hash_size=8) for i in imgs]
+    ref = np.array([[1 - (a - b) / 64 for b in hashes] for a in hashes])
+    np.testing.assert_allclose(sim, ref, atol=1e-6)
+    assert sim.min() >= 0 and sim.max() <= 1  # bits, not rows: the original's defect is gone
+
+
+def test_minhash_matches_datasketch_jaccard():  # type: ignore[no-untyped-def]
+    from datasketch import MinHash
+
+    from icas_ray.features.minhash import MinHashParams, corner_indices
+
+    imgs = [np.repeat(g[..., None], 3, 2) for g in _images(4, 64)]
+    m = get_method("minhash")
+    sim = m.pairwise(m.extract(imgs), m.extract(imgs))
+    mhs = []
+    for img in imgs:
+        mh = MinHash(num_perm=128, seed=1)
+        mh.update_batch([v.tobytes() for v in corner_indices(img[..., 0], MinHashParams()).astype("<u4")])
+        mhs.append(mh)
+    ref = np.array([[a.jaccard(b) for b in mhs] for a in mhs])
+    np.testing.assert_allclose(sim, ref, atol=1e-6)
+
+
+def test_orb_similarity_identical_and_different():  # type: ignore[no-untyped-def]
+    import skimage.data
+
+    cam = skimage.data.camera()[::2, ::2]
+    other = skimage.data.coins()[:256, :256]
+    imgs = [np.repeat(x[..., None], 3, 2) for x in (cam, cam.copy(), other)]
+    m = get_method("ORB")
+    sim = m.pairwise(m.extract(imgs), m.extract(imgs))
+    assert sim[0, 1] == pytest.approx(1.0)  # the original scored an image 0 against itself
+    assert sim[0, 1] > sim[0, 2]
+
+
+def test_ssim_brings_sizes_together_instead_of_minus_inf():  # type: ignore[no-untyped-def]
+    from icas_ray.images import ReadConfig, decode
+    import io
+
+    def png(w: int, h: int) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(np.full((h, w, 3), 128, np.uint8)).save(buf, "PNG")
+        return buf.getvalue()
+
+    m = get_method("SSIM")
+    a, b = decode(png(100, 100), m.default_read), decode(png(101, 100), m.default_read)
+    sim = m.pairwise(m.extract([a]), m.extract([b]))
+    assert np.isfinite(sim).all() and sim[0, 0] == pytest.approx(1.0)
+
+
+def _kernel(x: np.ndarray):  # type: ignore[no-untyped-def]
+    return lambda r, c: 1.0 - np.abs(x[r][:, None] - x[c][None, :])
+
+
+def test_exhaustive_finds_every_edge_and_counts():  # type: ignore[no-untyped-def]
+    x = np.array([0.0, 0.05, 0.1, 0.5, 0.52, 0.9])
+    e = build_edges(len(x), _kernel(x), 0.88)
+    assert e.comparisons == e.possible == 15
+    pairs = set(zip(e.a.tolist(), e.b.tolist()))
+    assert pairs == {(0, 1), (0, 2), (1, 2), (3, 4)}
+    labels = cluster_labels(components(len(x), e.a, e.b))
+    assert labels.tolist() == [0, 0, 0, 1, 1, -1]
+
+
+def test_pruned_skips_matched_items_but_keeps_chains():  # type: ignore[no-untyped-def]
+    x = np.array([0.0, 0.05, 0.1, 0.5, 0.52, 0.9])
+    e = build_edges(len(x), _kernel(x), 0.88, strategy="pruned")
+    assert e.comparisons < 15
+    labels = cluster_labels(components(len(x), e.a, e.b))
+    assert labels.tolist() == [0, 0, 0, 1, 1, -1]
+
+
+def test_groups_skip_same_group_pairs():  # type: ignore[no-untyped-def]
+    x = np.array([0.0, 0.01, 0.02, 0.03])
+    e = build_edges(4, _kernel(x), 0.5, groups=np.array([0, 0, 1, 1]))
+    assert e.possible == 4 and e.comparisons == 4
+    assert all((a < 2) != (b < 2) for a, b in zip(e.a, e.b))
+
+
+def test_time_limit_stops_early():  # type: ignore[no-untyped-def]
+    import time
+
+    def slow(r, c):  # type: ignore[no-untyped-def]
+        time.sleep(0.05)
+        return np.zeros((len(r), len(c)))
+
+    e = build_edges(50, slow, 0.5, strategy="pruned", time_limit_s=0.1)
+    assert not e.complete and e.comparisons < e.possible
