@@ -120,6 +120,26 @@ def digits_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope="session")
+def digits1000(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """1000 generated digit images (100 per class) with truth.csv."""
+    from icas_ray.datasets import make_dataset
+
+    out = str(tmp_path_factory.mktemp("digits1000"))
+    make_dataset("digits", out, count=1000, seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def digits200(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """200 generated digit images (20 per class) with truth.csv."""
+    from icas_ray.datasets import make_dataset
+
+    out = str(tmp_path_factory.mktemp("digits200"))
+    make_dataset("digits", out, count=200, seed=1)
+    return out
+
+
+@pytest.fixture(scope="session")
 def near_dup_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     """48 near-duplicate variants of 6 skimage photos, plus 3 broken files."""
     from icas_ray.datasets import make_dataset

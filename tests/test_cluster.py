@@ -23,20 +23,6 @@ from icas_ray.pipeline.config import ClusterConfig
 pytestmark = pytest.mark.usefixtures("ray_session")
 
 
-@pytest.fixture(scope="session")
-def digits1000(tmp_path_factory):  # type: ignore[no-untyped-def]
-    out = str(tmp_path_factory.mktemp("digits1000"))
-    make_dataset("digits", out, count=1000, seed=0)
-    return out
-
-
-@pytest.fixture(scope="session")
-def digits200(tmp_path_factory):  # type: ignore[no-untyped-def]
-    out = str(tmp_path_factory.mktemp("digits200"))
-    make_dataset("digits", out, count=200, seed=1)
-    return out
-
-
 def _manifest(output: str, storage=None):  # type: ignore[no-untyped-def]
     if storage is None:
         return pq.read_table(os.path.join(output, "manifest.parquet")).to_pandas()

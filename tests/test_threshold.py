@@ -1,0 +1,97 @@
+"""Threshold suggestion, the interactive HTML plot (in headless Chromium), and its use."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from icas_ray.features import get_method
+from icas_ray.threshold import render_threshold_html, suggest_threshold, threshold_curve
+
+
+def test_suggestion_finds_the_gap_between_groups():  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(5), 8)
+    sim = np.where(labels[:, None] == labels[None, :], rng.uniform(0.85, 0.95, (40, 40)),
+                   rng.uniform(0.2, 0.6, (40, 40)))
+    sim = (sim + sim.T) / 2
+    t = suggest_threshold(sim, get_method("imagehash"))
+    assert 0.6 < t < 0.85
+
+
+def test_curve_counts_pairs_and_images():  # type: ignore[no-untyped-def]
+    values = np.array([0.9, 0.8, 0.5, 0.1])
+    nearest = np.array([0.9, 0.9, 0.8, 0.5])
+    curve = threshold_curve(values, nearest, 400, points=10)
+    at = {round(p["threshold"], 2): p for p in curve}
+    assert at[0.5]["pairs"] == 2 and at[0.5]["clustered"] == 3 and at[0.5]["clustered_estimate"] == 300
+
+
+@pytest.fixture(scope="module")
+def threshold_page(ray_session, digits1000, tmp_path_factory):  # type: ignore[no-untyped-def]
+    from icas_ray.cli import cli
+
+    html = str(tmp_path_factory.mktemp("thr") / "plot.html")
+    r = CliRunner().invoke(cli, ["threshold", digits1000, "--method", "imagehash", "--html", html])
+    assert r.exit_code == 0, r.output
+    suggested = float(r.output.split("imagehash: ")[1].split()[0])
+    return html, suggested
+
+
+def test_suggested_threshold_clusters_the_digits(ray_session, digits1000, threshold_page, tmp_path):  # type: ignore[no-untyped-def]
+    """`icas cluster` without --threshold uses the suggestion, and it clusters the digits well."""
+    import pyarrow.parquet as pq
+    from sklearn.metrics import adjusted_rand_score
+
+    from icas_ray.datasets import read_truth
+    from icas_ray.pipeline.classic import cluster
+    from icas_ray.pipeline.config import ClusterConfig
+
+    _, suggested = threshold_page
+    out = str(tmp_path / "out")
+    summary = cluster(digits1000, out, ClusterConfig(method="imagehash", batch_size=250))
+    assert summary["threshold_source"] == "suggested"
+    assert summary["threshold"] == pytest.approx(suggested, abs=1e-3)
+    m = pq.read_table(os.path.join(out, "manifest.parquet")).to_pandas()
+    truth = read_truth(digits1000)
+    pred = [f"c{c:.0f}" if c == c else f"o{i}" for i, c in enumerate(m.cluster)]
+    ari = adjusted_rand_score([truth[os.path.basename(u)] for u in m.uri], pred)
+    assert ari >= 0.95
+
+
+@pytest.mark.browser
+def test_html_plot_hover_and_click_in_chromium(threshold_page):  # type: ignore[no-untyped-def]
+    from playwright.sync_api import sync_playwright
+
+    from conftest import CHROMIUM, CHROMIUM_ARGS
+
+    html, suggested = threshold_page
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page()
+        page.goto("file://" + html)
+        assert page.text_content("#suggested") == f"{suggested:.4f}"
+        box = page.locator("#plot").bounding_box()
+        assert box is not None
+        page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5)
+        text = page.text_content("#hover") or ""
+        assert text.startswith("threshold ") and "similar pairs in the sample" in text
+        assert "of all 1000 images" in text
+        page.mouse.click(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5)
+        command = page.text_content("#command") or ""
+        threshold = text.split()[1].rstrip(":")
+        assert command.startswith("icas cluster ") and f"--threshold {threshold}" in command
+        page.screenshot(path=html + ".png")
+        browser.close()
+
+
+def test_render_is_self_contained():  # type: ignore[no-untyped-def]
+    page = render_threshold_html(curve=[{"threshold": 0.5, "pairs": 1, "clustered": 2,
+                                         "clustered_estimate": 2}], suggested=0.5, method="TM",
+                                 title="</script>x", n=2, total=2, pairs=1, command="icas cluster x --threshold {T}",
+                                 rule="r")
+    assert "<script src" not in page and "<link" not in page and "https://" not in page
+    assert "</script>x" not in page  # escaped
