@@ -24,7 +24,11 @@ def setup_logging(*, verbose: int = 0, quiet: bool = False) -> None:
     root.setLevel(level)
     root.propagate = False
     if verbose < 1:
-        # Ray and its libraries are chatty at INFO; keep their warnings.
+        # Ray and its libraries are chatty at INFO; keep their warnings. Ray Data configures
+        # its logger when imported (later, lazily), from this variable.
+        import os
+
+        os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
         for name in ("ray", "ray.data", "ray.serve", "ray.train", "ray.tune"):
             logging.getLogger(name).setLevel(logging.WARNING)
 

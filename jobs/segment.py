@@ -1,0 +1,11 @@
+"""``ray job submit`` entry point for ``icas segment`` (same arguments; ``--address auto``)."""
+
+import sys
+
+from icas_ray.cli import main
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    if "--address" not in args:
+        args += ["--address", "auto"]
+    main(["segment", "run", *args])
