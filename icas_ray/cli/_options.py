@@ -89,3 +89,15 @@ def progress_reporter() -> Any:
     from icas_ray.progress import LogProgress
 
     return LogProgress()
+
+
+def parse_key_values(pairs: tuple[str, ...], *, option: str = "--param",
+                     example: str = "hash_size=16") -> dict[str, str]:
+    """``("a=1", "b=x")`` -> ``{"a": "1", "b": "x"}`` (method parameters given on the CLI)."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE, e.g. {example}", param_hint=option)
+        key, value = pair.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out

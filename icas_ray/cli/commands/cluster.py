@@ -6,22 +6,13 @@ from typing import Any
 
 import click
 
-from icas_ray.cli._options import SizeType, ray_options, resources_from, storage_options
+from icas_ray.cli._options import (
+    SizeType, parse_key_values, ray_options, resources_from, storage_options,
+)
 from icas_ray.storage import Storage
 
 # The method names come from the registry: importing it is cheap (numpy, OpenCV, PIL).
 from icas_ray.features import method_names
-
-
-def _params(pairs: tuple[str, ...]) -> dict[str, str]:
-    out = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise click.BadParameter(f"{pair!r} is not NAME=VALUE, e.g. hash_size=16",
-                                     param_hint="--param")
-        k, v = pair.split("=", 1)
-        out[k.strip()] = v.strip()
-    return out
 
 
 @click.command()
@@ -81,7 +72,7 @@ def command(input_uri: str, config_file: str | None, params: tuple[str, ...], ad
     output = output if output is not None else values.pop("output", None)
     values.update({k: v for k, v in options.items() if v is not None})
     method_params = dict(values.pop("method_params", values.pop("params", {})) or {})
-    method_params.update(_params(params))
+    method_params.update(parse_key_values(params))
     if "size" in values and isinstance(values["size"], str):
         values["size"] = SizeType().convert(values["size"], None, None)
     config = ClusterConfig(method_params=method_params, **values)

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from icas_ray.cli._options import ray_options, resources_from, storage_options
+from icas_ray.cli._options import parse_key_values, ray_options, resources_from, storage_options
 from icas_ray.segment import get_method, method_names
 from icas_ray.storage import Storage
 
@@ -29,17 +29,6 @@ class _DefaultGroup(click.Group):
         if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
             args = [self.default, *args]
         return super().parse_args(ctx, args)
-
-
-def _parse_params(values: tuple[str, ...]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in values:
-        if "=" not in item:
-            raise click.BadParameter(f"{item!r} is not KEY=VALUE, e.g. region_size=30",
-                                     param_hint="--param")
-        key, value = item.split("=", 1)
-        out[key.strip()] = value.strip()
-    return out
 
 
 def _backend(sam_url: str | None, sam_token: str | None) -> Any:
@@ -102,7 +91,7 @@ def run(input_uri: str, method: str, params: tuple[str, ...], output: str | None
     from icas_ray.progress import LogProgress
 
     m = get_method(method)
-    values: dict[str, Any] = _parse_params(params)
+    values: dict[str, Any] = parse_key_values(params, example="region_size=30")
     if m.needs_backend:
         if sam_url is None:
             raise click.UsageError("--method sam needs --sam-url URL of a running `icas serve`")
@@ -142,7 +131,7 @@ def preview(image_uri: str, output: str | None, methods: tuple[str, ...], params
     from icas_ray.segment import preview_methods
 
     per_method: dict[str, dict[str, str]] = {}
-    for key, value in _parse_params(params).items():
+    for key, value in parse_key_values(params, example="region_size=30").items():
         if "." not in key:
             raise click.BadParameter(f"{key!r} names no method: use METHOD.KEY=VALUE, "
                                      "e.g. superpixel.region_size=20", param_hint="--param")

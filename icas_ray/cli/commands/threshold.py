@@ -7,7 +7,9 @@ from typing import Any
 
 import click
 
-from icas_ray.cli._options import SizeType, ray_options, resources_from, storage_options
+from icas_ray.cli._options import (
+    SizeType, parse_key_values, ray_options, resources_from, storage_options,
+)
 from icas_ray.features import method_names
 from icas_ray.storage import Storage
 
@@ -38,14 +40,13 @@ def command(input_uri: str, method: str, params: tuple[str, ...], sample: int | 
       icas threshold ./photos --method imagehash
       icas threshold s3://bucket/images --method SSIM --sample 300 --html ./ssim.html
     """
-    from icas_ray.cli.commands.cluster import _params
     from icas_ray.pipeline.config import ClusterConfig
     from icas_ray.runtime import init_ray
     from icas_ray.threshold import (
         RULE, render_threshold_html, sample_similarities, suggest_threshold, threshold_curve,
     )
 
-    config = ClusterConfig(method=method, method_params=_params(params), size=size, sniff=sniff,
+    config = ClusterConfig(method=method, method_params=parse_key_values(params), size=size, sniff=sniff,
                            threshold_sample=sample or 1000)
     files = storage.list_images(input_uri, sniff=sniff)
     if len(files) < 2:
