@@ -46,8 +46,10 @@ __all__ = ["cluster", "default_output"]
 logger = logging.getLogger(__name__)
 
 STATE_VERSION = 1
+#: Threads per writer task.
+_WRITER_THREADS = 16
 #: Rows per Ray Data batch for decoding and features.
-_ROWS_PER_UDF_CALL = 32
+_ROWS_PER_UDF_CALL = 64
 
 
 def default_output(input_uri: str) -> str:
@@ -97,12 +99,7 @@ class _FeatureActor:
     """Ray Data actor: features of decoded images (one method instance per actor)."""
 
     def __init__(self, method: str, params: dict[str, Any]) -> None:
-        try:
-            import torch
-
-            torch.set_num_threads(1)
-        except ImportError:
-            pass
+        # Extraction is numpy/OpenCV only: importing torch here would cost seconds per actor.
         self.method = get_method(method, params)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -164,16 +161,21 @@ class _MergeActor:
 
 def _write_task(items: list[tuple[str, str, int | None]], mode: str, storage: Storage,
                 ) -> list[tuple[str, str]]:
-    """Transfer files; returns ``(dst, "done"|"skipped"|"error: ...")`` per file."""
+    """Transfer files (with threads: copies are I/O-bound, on S3 latency-bound); returns
+    ``(dst, "done"|"skipped"|"error: ...")`` per file."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from icas_ray.errors import IcasError
 
-    out = []
-    for src, dst, existing in items:
+    def one(item: tuple[str, str, int | None]) -> tuple[str, str]:
+        src, dst, existing = item
         try:
-            out.append((dst, transfer_one(src, dst, mode, storage, existing)))
+            return dst, transfer_one(src, dst, mode, storage, existing)
         except (OSError, IcasError) as e:
-            out.append((dst, f"error: {e}"))
-    return out
+            return dst, f"error: {e}"
+
+    with ThreadPoolExecutor(max_workers=_WRITER_THREADS) as pool:
+        return list(pool.map(one, items))
 
 
 def _thumbs_task(uris: list[str], storage: Storage) -> list[str | None]:
@@ -326,16 +328,18 @@ def _run_batches(files: Sequence[FileInfo], batches: np.ndarray, pending: set[in
     use_gpu = gpus >= 1 and method.has_torch
     # Fractional CPUs: a 2-CPU machine must fit readers, feature actors and batch tasks at
     # once (whole-CPU actors deadlock Ray Data there).
-    actors = max(1, min(8, int(cpus // 2)))
+    actors = max(1, min(16, int(cpus)))
     ds = listing_dataset(todo, columns={"batch": batches[sel]})
-    ds.context.execution_options.preserve_order = True  # batches complete one after another
+    # Rows come back roughly in listing order (= batch order); the driver buffers partial
+    # batches, so strict ordering (which stalls the pipeline) is not needed.
+    ds.context.execution_options.preserve_order = False
     ds = ds.map_batches(_decode_batch, fn_kwargs={"storage": layout.storage,
                                                   "read": config.read_config()},
                         batch_size=_ROWS_PER_UDF_CALL, batch_format="numpy", num_cpus=0.25)
     ds = ds.map_batches(_FeatureActor, fn_constructor_kwargs={"method": config.method,
                                                               "params": dict(config.method_params)},
-                        batch_size=_ROWS_PER_UDF_CALL, batch_format="numpy", num_cpus=0.25,
-                        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors))
+                        batch_size=_ROWS_PER_UDF_CALL, batch_format="numpy", num_cpus=0.5,
+                        compute=ray.data.ActorPoolStrategy(size=actors))
     batch_fn = ray.remote(_batch_task).options(num_cpus=1, num_gpus=0.25 if use_gpu else 0)
     buffers: dict[int, list[dict[str, np.ndarray]]] = defaultdict(list)
     counts: dict[int, int] = defaultdict(int)
@@ -407,7 +411,9 @@ def _write_files(plan: TransferPlan, mode: str, layout: Layout, config: ClusterC
         if st.exists(root):
             existing.update({f.uri: f.size for f in st.list_files(root)})
     items = [(str(s), str(d), existing.get(str(d))) for s, d in zip(plan.src, plan.dst)]
-    chunks = [items[i:i + config.files_per_task] for i in range(0, len(items), config.files_per_task)]
+    # Few large tasks: each new worker process costs about a second to start.
+    per_task = config.files_per_task or int(np.clip(len(items) // (2 * cluster_cpus()), 64, 4096))
+    chunks = [items[i:i + per_task] for i in range(0, len(items), per_task)]
     task = ray.remote(_write_task).options(num_cpus=0.25)
     pending = [task.remote(c, mode, st) for c in chunks]
     outcome: dict[str, str] = {}

@@ -44,7 +44,7 @@ class ClusterConfig:
         sniff: also list files without an image extension whose content is an image.
         threshold_sample: images sampled to suggest a threshold.
         max_pixels: larger images are skipped as unreadable.
-        files_per_task: files per writer task.
+        files_per_task: files per writer task (None = about two tasks per CPU).
     """
 
     method: str = "imagehash"
@@ -63,7 +63,7 @@ class ClusterConfig:
     sniff: bool = False
     threshold_sample: int = 1000
     max_pixels: int = DEFAULT_MAX_PIXELS
-    files_per_task: int = 256
+    files_per_task: int | None = None
 
     def __post_init__(self) -> None:
         m = get_method(self.method, dict(self.method_params))  # validates name and params
