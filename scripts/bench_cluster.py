@@ -81,27 +81,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # -- helpers -------------------------------------------------------------------------------------
-def _machine() -> dict[str, Any]:
-    """``bench.machine()``; without psutil (missing from this venv) memory comes from /proc."""
-    try:
-        return machine()
-    except ImportError:
-        import platform
-
-        info: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
-                                "cpu": platform.processor() or platform.machine(),
-                                "cpus": os.cpu_count(), "gpu": None}
-        try:
-            with open("/proc/cpuinfo") as f:
-                info["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-            with open("/proc/meminfo") as f:
-                kib = next(int(line.split()[1]) for line in f if line.startswith("MemTotal"))
-            info["memory_gib"] = round(kib / 2**20, 1)
-        except (OSError, StopIteration):
-            pass
-        return info
-
-
 def _rss(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -584,7 +563,7 @@ def _write(args: argparse.Namespace, rows: list[dict[str, Any]], elapsed: float,
            saved: dict[str, Any] | None = None) -> None:
     result = saved or {"benchmark": "cluster", "dataset": args.dataset, "batch_size": args.batch_size,
               "strategy": args.strategy, "ray_cpus": 2, "reference_budget_s": budget,
-              "machine": _machine(), "date": time.strftime("%Y-%m-%d"), "elapsed_s": round(elapsed, 1),
+              "machine": machine(), "date": time.strftime("%Y-%m-%d"), "elapsed_s": round(elapsed, 1),
               "rows": rows}
     os.makedirs(args.out, exist_ok=True)
     if saved is None:
@@ -704,7 +683,7 @@ def run_hash_study(args: argparse.Namespace) -> int:
                          "pairwise_s_all_pairs": round(pair_s, 3), "best": best, "curve": curve})
             print(f"{kind} hash {hs} hf {hf}: {feat_s / count * 1e3:.2f} ms/img, best ARI {best['ari']} at "
                   f"{best['threshold']}", flush=True)
-    mach = _machine()
+    mach = machine()
     out = {"benchmark": "imagehash_hash_size", "machine": mach, "date": time.strftime("%Y-%m-%d"),
            "read": "icas imagehash default read (max side 512)", "grid": grid,
            "grouping": "exhaustive single linkage over all pairs (one batch), similarity 1 - d/bits",

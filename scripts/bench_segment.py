@@ -88,28 +88,6 @@ def _kmeans(features: np.ndarray, p: Any) -> np.ndarray:
     return labels
 
 
-def _machine() -> dict[str, Any]:
-    """``bench.machine()``; without psutil (missing from this venv) memory comes from /proc."""
-    try:
-        return machine()
-    except ImportError:
-        import platform
-
-        info: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
-                                "cpu": platform.processor() or platform.machine(),
-                                "cpus": os.cpu_count(), "gpu": None}
-        try:
-            with open("/proc/cpuinfo") as f:
-                info["cpu"] = next(line.split(":", 1)[1].strip() for line in f
-                                   if line.startswith("model name"))
-            with open("/proc/meminfo") as f:
-                kib = next(int(line.split()[1]) for line in f if line.startswith("MemTotal"))
-            info["memory_gib"] = round(kib / 2**20, 1)
-        except (OSError, StopIteration):
-            pass
-        return info
-
-
 def run(args: argparse.Namespace) -> int:
     from skimage import data
 
@@ -215,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
               f"x{c['speedup']}  identical={c['identical']}")
 
     result = {"benchmark": "segment", "image": f"skimage.data.{args.image} resized to {args.size}x{args.size}",
-              "repeats": r, "statistic": "median", "machine": _machine(),
+              "repeats": r, "statistic": "median", "machine": machine(),
               "cv2_threads": cv2.getNumThreads(), "methods": rows, "seed_comparison": comparisons,
               "date": time.strftime("%Y-%m-%d")}
     os.makedirs(args.out, exist_ok=True)

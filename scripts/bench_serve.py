@@ -172,26 +172,9 @@ def _serve(args: argparse.Namespace, images: list[np.ndarray]) -> dict[str, Any]
     return out
 
 
-def _machine() -> dict[str, Any]:
-    try:
-        return machine()
-    except ImportError:  # bench.machine needs psutil, missing from some environments
-        import platform
-
-        info: dict[str, Any] = {"python": platform.python_version(), "cpus": os.cpu_count(),
-                                "cpu": platform.machine(), "gpu": None}
-        with open("/proc/cpuinfo") as f:
-            info["cpu"] = next((ln.split(":", 1)[1].strip() for ln in f
-                                if ln.startswith("model name")), info["cpu"])
-        with open("/proc/meminfo") as f:
-            kib = int(f.readline().split()[1])
-        info["memory_gib"] = round(kib / 2**20, 1)
-        return info
-
-
 def run(args: argparse.Namespace) -> int:
     images = _images(args.images, args.size)
-    result: dict[str, Any] = {"machine": _machine(), "args": vars(args),
+    result: dict[str, Any] = {"machine": machine(), "args": vars(args),
                               "when": time.strftime("%Y-%m-%d %H:%M:%S")}
     result["in_process_tiny"] = _in_process("tiny", images, reps=len(images))
     result["serve_tiny"] = _serve(args, images)

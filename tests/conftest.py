@@ -109,44 +109,36 @@ def s3_bucket(s3_server: S3Server) -> Iterator[str]:
     yield name
 
 
+def _dataset(factory: pytest.TempPathFactory, kind: str, count: int, seed: int, **kw: object) -> str:
+    from icas_ray.datasets import make_dataset
+
+    out = str(factory.mktemp(f"{kind}{count}"))
+    make_dataset(kind, out, count=count, seed=seed, **kw)  # type: ignore[arg-type]
+    return out
+
+
 @pytest.fixture(scope="session")
 def digits_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     """40 generated digit images (4 per class) with truth.csv."""
-    from icas_ray.datasets import make_dataset
-
-    out = str(tmp_path_factory.mktemp("digits40"))
-    make_dataset("digits", out, count=40, seed=0)
-    return out
+    return _dataset(tmp_path_factory, "digits", 40, 0)
 
 
 @pytest.fixture(scope="session")
 def digits1000(tmp_path_factory: pytest.TempPathFactory) -> str:
     """1000 generated digit images (100 per class) with truth.csv."""
-    from icas_ray.datasets import make_dataset
-
-    out = str(tmp_path_factory.mktemp("digits1000"))
-    make_dataset("digits", out, count=1000, seed=0)
-    return out
+    return _dataset(tmp_path_factory, "digits", 1000, 0)
 
 
 @pytest.fixture(scope="session")
 def digits200(tmp_path_factory: pytest.TempPathFactory) -> str:
     """200 generated digit images (20 per class) with truth.csv."""
-    from icas_ray.datasets import make_dataset
-
-    out = str(tmp_path_factory.mktemp("digits200"))
-    make_dataset("digits", out, count=200, seed=1)
-    return out
+    return _dataset(tmp_path_factory, "digits", 200, 1)
 
 
 @pytest.fixture(scope="session")
 def near_dup_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     """48 near-duplicate variants of 6 skimage photos, plus 3 broken files."""
-    from icas_ray.datasets import make_dataset
-
-    out = str(tmp_path_factory.mktemp("neardup"))
-    make_dataset("near-duplicates", out, count=48, seed=0, classes=6, broken=True)
-    return out
+    return _dataset(tmp_path_factory, "near-duplicates", 48, 0, classes=6, broken=True)
 
 
 @pytest.fixture
