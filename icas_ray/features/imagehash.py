@@ -49,6 +49,9 @@ def _pack(bits: np.ndarray) -> np.ndarray:
 def hamming_similarity(a: np.ndarray, b: np.ndarray, n_bits: int) -> np.ndarray:
     """``1 - hamming / n_bits`` for all pairs of rows of packed ``uint64`` words.
 
+    One pass per 64-bit word over a ``(rows, Nb)`` block (XOR, popcount, add): contiguous 2-D
+    operations, no reduction over a short trailing axis.
+
     Args:
         a: ``(Na, W) uint64``; b: ``(Nb, W) uint64``.
 
@@ -56,11 +59,18 @@ def hamming_similarity(a: np.ndarray, b: np.ndarray, n_bits: int) -> np.ndarray:
         ``(Na, Nb) float32``.
     """
     out = np.empty((len(a), len(b)), np.float32)
-    rows = max(1, _BLOCK_BYTES // max(1, 8 * b.shape[0] * b.shape[1]))
+    bt = np.ascontiguousarray(b.T)  # (W, Nb)
+    rows = max(1, _BLOCK_BYTES // max(1, 8 * len(b)))
+    scale = np.float32(1.0 / n_bits)
     for s in range(0, len(a), rows):
-        x = a[s:s + rows, None, :] ^ b[None, :, :]
-        dist = np.bitwise_count(x).sum(axis=2, dtype=np.int32)
-        out[s:s + rows] = 1.0 - dist / np.float32(n_bits)
+        block = a[s:s + rows]
+        dist = np.zeros((len(block), len(b)), np.uint16)
+        x = np.empty((len(block), len(b)), np.uint64)
+        for w in range(a.shape[1]):
+            np.bitwise_xor(block[:, w, None], bt[w][None, :], out=x)
+            dist += np.bitwise_count(x)
+        np.multiply(dist, -scale, out=out[s:s + rows], dtype=np.float32)
+        out[s:s + rows] += np.float32(1.0)
     return out
 
 

@@ -50,12 +50,25 @@ def corner_indices(gray: np.ndarray, p: MinHashParams) -> np.ndarray:
 
 
 def signature_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Share of equal values for all pairs of signature rows: ``(Na, P), (Nb, P) -> (Na, Nb)``."""
+    """Share of equal values for all pairs of signature rows: ``(Na, P), (Nb, P) -> (Na, Nb)``.
+
+    One pass per permutation over a ``(rows, Nb)`` block, counting equalities in ``uint16``;
+    MinHash values are below 2**32, so they are compared as ``uint32``.
+    """
     out = np.empty((len(a), len(b)), np.float32)
-    rows = max(1, _BLOCK_BYTES // max(1, b.shape[0] * b.shape[1]))
+    a32 = a.astype(np.uint32) if a.size and a.max() < 2**32 else a
+    b32 = b.astype(np.uint32) if b.size and b.max() < 2**32 else b
+    bt = np.ascontiguousarray(b32.T)  # (P, Nb)
+    rows = max(1, _BLOCK_BYTES // max(1, 4 * len(b)))
+    eq = np.empty((min(rows, len(a)), len(b)), bool)
     for s in range(0, len(a), rows):
-        eq = a[s:s + rows, None, :] == b[None, :, :]
-        out[s:s + rows] = eq.mean(axis=2, dtype=np.float32)
+        block = a32[s:s + rows]
+        count = np.zeros((len(block), len(b)), np.uint16)
+        e = eq[:len(block)]
+        for p in range(a.shape[1]):
+            np.equal(block[:, p, None], bt[p][None, :], out=e)
+            count += e
+        np.multiply(count, np.float32(1.0 / a.shape[1]), out=out[s:s + rows], dtype=np.float32)
     return out
 
 
