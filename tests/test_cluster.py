@@ -300,9 +300,14 @@ def test_cli_cluster_prints_summary_and_report(digits200, tmp_path):  # type: ig
     from icas_ray.cli import cli
 
     out = str(tmp_path / "out")
-    r = CliRunner().invoke(cli, ["cluster", digits200, "--output", out, "--threshold", "0.84",
-                                 "--batch-size", "100", "--param", "hash_size=16"])
+    conf = tmp_path / "cluster.toml"
+    conf.write_text('method = "imagehash"\nthreshold = 0.5\nbatch-size = 100\n')
+    r = CliRunner().invoke(cli, ["cluster", digits200, "--output", out, "--config", str(conf),
+                                 "--threshold", "0.84", "--param", "hash_size=16"])
     assert r.exit_code == 0, r.output
     assert "200 images:" in r.output and f"report:  {out}/report.html" in r.output
+    summary = json.load(open(os.path.join(out, "summary.json")))
+    assert summary["threshold"] == 0.84  # the command line wins over the file
+    assert summary["parameters"]["batch_size"] == 100  # the file's value
     r = CliRunner().invoke(cli, ["cluster", digits200, "--output", out, "--threshold", "7"])
     assert r.exit_code != 0 and "threshold 7.0 is out of range" in str(r.exception)
