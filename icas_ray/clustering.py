@@ -238,7 +238,7 @@ def merge_batches(results: Sequence[BatchResult], method: FeatureMethod, thresho
     n_reps = len(rep_units)
     if len(results) > 1 and n_reps > 1:
         edges = build_edges(n_reps, _kernel(method, feats, device), threshold, strategy=strategy,
-                            groups=groups, time_limit_s=time_limit_s)
+                            groups=groups, time_limit_s=time_limit_s, units=rep_units)
     else:
         edges = build_edges(0, lambda r, c: np.zeros((len(r), len(c))), threshold)
     unit_comp = components(total_units, rep_units[edges.a], rep_units[edges.b])

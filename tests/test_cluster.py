@@ -61,7 +61,8 @@ def _check_all_accounted(input_dir: str, output: str, expected: int) -> None:
 ], ids=["imagehash", "minhash", "SSIM", "TM"])
 def test_digits_1000_accuracy(digits1000, tmp_path, method, threshold, min_ari):  # type: ignore[no-untyped-def]
     out = str(tmp_path / "out")
-    summary = cluster(digits1000, out, ClusterConfig(method=method, threshold=threshold, batch_size=250))
+    summary = cluster(digits1000, out, ClusterConfig(method=method, threshold=threshold, batch_size=250,
+                                                     strategy="exhaustive"))
     assert summary["batches"]["total"] == 4 and summary["comparisons"]["merge_comparisons"] > 0
     m = _manifest(out)
     assert len(m) == 1000 and m.uri.is_unique
@@ -77,11 +78,25 @@ def test_digits_1000_accuracy(digits1000, tmp_path, method, threshold, min_ari):
 ], ids=["ORB"])
 def test_digits_small_accuracy(digits200, tmp_path, method, threshold, min_ari):  # type: ignore[no-untyped-def]
     out = str(tmp_path / "out")
-    cluster(digits200, out, ClusterConfig(method=method, threshold=threshold, batch_size=50))
+    cluster(digits200, out, ClusterConfig(method=method, threshold=threshold, batch_size=50,
+                                          strategy="exhaustive"))
     m = _manifest(out)
     ari = _ari(m, read_truth(digits200))
     assert ari >= min_ari, f"{method}: ARI {ari:.3f} < {min_ari}"
     _check_all_accounted(digits200, out, 200)
+
+
+def test_connected_strategy_gives_the_exhaustive_partition(digits200, tmp_path):  # type: ignore[no-untyped-def]
+    runs = {}
+    for strategy in ("exhaustive", "connected"):
+        out = str(tmp_path / strategy)
+        s = cluster(digits200, out, ClusterConfig(method="SSIM", threshold=0.9, batch_size=50,
+                                                  strategy=strategy))
+        m = _manifest(out).sort_values("uri")
+        runs[strategy] = (s, [frozenset(g.uri) for _, g in m[m.cluster.notna()].groupby("cluster")])
+    assert set(runs["exhaustive"][1]) == set(runs["connected"][1])
+    ce, cc = (runs[k][0]["comparisons"] for k in ("exhaustive", "connected"))
+    assert cc["batch_comparisons"] + cc["merge_comparisons"] < ce["batch_comparisons"] + ce["merge_comparisons"]
 
 
 def test_near_duplicates_group_by_photo(tmp_path):  # type: ignore[no-untyped-def]

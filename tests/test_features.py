@@ -143,3 +143,21 @@ def test_time_limit_stops_early():  # type: ignore[no-untyped-def]
 
     e = build_edges(50, slow, 0.5, strategy="pruned", time_limit_s=0.1)
     assert not e.complete and e.comparisons < e.possible
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_connected_strategy_gives_the_exhaustive_components(seed):  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(seed)
+    for _ in range(40):
+        n = int(rng.integers(2, 60))
+        x = rng.random(n)
+        t = float(rng.uniform(0.8, 0.99))
+        groups = rng.integers(0, 3, n) if rng.random() < 0.5 else None
+        units = rng.integers(0, n // 2 + 1, n) if rng.random() < 0.5 else None
+        full = build_edges(n, _kernel(x), t, groups=groups)
+        fast = build_edges(n, _kernel(x), t, groups=groups, strategy="connected", units=units)
+        u = np.arange(n) if units is None else units
+        nu = int(u.max()) + 1
+        assert (components(nu, u[full.a], u[full.b]) == components(nu, u[fast.a], u[fast.b])).all()
+        assert fast.comparisons <= full.comparisons
+        assert (fast.similarity > t).all()

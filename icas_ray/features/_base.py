@@ -70,6 +70,9 @@ class FeatureMethod:
     merge_reps: ClassVar[int] = 32
     #: Threshold range accepted for this method (inclusive).
     threshold_range: ClassVar[tuple[float, float]] = (0.0, 1.0)
+    #: Strategy when the user gives none: row-by-row "connected" pays off where a pair is
+    #: expensive; cheap kernels are fastest on whole blocks.
+    default_strategy: ClassVar[str] = "exhaustive"
     #: Whether a torch kernel exists (used on GPU nodes).
     has_torch: ClassVar[bool] = False
 

@@ -51,6 +51,7 @@ class ORBMethod(FeatureMethod):
     Params = ORBParams
     default_read = ReadConfig(max_side=256)
     cheap = False
+    default_strategy = "connected"
     merge_reps = 2
 
     def __init__(self, params: ORBParams) -> None:

@@ -57,7 +57,15 @@ def _stats(x: np.ndarray, w: int) -> tuple[np.ndarray, np.ndarray]:
     return mu, var
 
 
-def ssim_matrix(a: np.ndarray, b: np.ndarray, win_size: int = 7) -> np.ndarray:
+def window_stats(images: np.ndarray, win_size: int = 7) -> tuple[np.ndarray, np.ndarray]:
+    """Window means (of the images centred at 128) and sample variances: two
+    ``(N, H - w + 1, W - w + 1)`` arrays."""
+    return _stats(images.astype(np.float32) - 128.0, win_size)
+
+
+def ssim_matrix(a: np.ndarray, b: np.ndarray, win_size: int = 7, *,
+                stats_a: tuple[np.ndarray, np.ndarray] | None = None,
+                stats_b: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """SSIM of every pair of grey images.
 
     Per image, the window means and variances are computed once (float64). Per pair only the
@@ -68,6 +76,8 @@ def ssim_matrix(a: np.ndarray, b: np.ndarray, win_size: int = 7) -> np.ndarray:
     Args:
         a: ``(Na, H, W)`` uint8; b: ``(Nb, H, W)`` uint8 (same H, W).
         win_size: window side.
+        stats_a, stats_b: the images' window statistics from :func:`window_stats`, when
+            already known (row-by-row strategies call this many times with the same images).
 
     Returns:
         ``(Na, Nb) float32``, equal to skimage's ``structural_similarity`` within 1e-5.
@@ -78,8 +88,8 @@ def ssim_matrix(a: np.ndarray, b: np.ndarray, win_size: int = 7) -> np.ndarray:
     cov_norm = n / (n - 1.0)
     af = a.astype(np.float32) - 128.0
     bf = b.astype(np.float32) - 128.0
-    mua, vara = _stats(af, w)
-    mub, varb = _stats(bf, w)
+    mua, vara = stats_a if stats_a is not None else window_stats(a, w)
+    mub, varb = stats_b if stats_b is not None else window_stats(b, w)
     f32 = np.float32
     # Per-image terms of the SSIM formula.
     ca, cb = mua.astype(f32), mub.astype(f32)  # centred means
@@ -149,6 +159,7 @@ class SSIMMethod(FeatureMethod):
     Params = SSIMParams
     default_read = ReadConfig(size=(32, 32))
     cheap = False
+    default_strategy = "connected"
     merge_reps = 8
     threshold_range = (-1.0, 1.0)
     has_torch = True
@@ -167,10 +178,13 @@ class SSIMMethod(FeatureMethod):
         if grey and min(grey[0].shape) < self.params.win_size:
             raise ConfigError(f"images of {grey[0].shape[1]}x{grey[0].shape[0]} are smaller than the "
                               f"SSIM window ({self.params.win_size}): use a larger --size")
-        return {"grey": np.stack(grey) if grey else np.zeros((0, 1, 1), np.uint8)}
+        stack = np.stack(grey) if grey else np.zeros((0, 7, 7), np.uint8)
+        mu, var = window_stats(stack, self.params.win_size)
+        return {"grey": stack, "mu": mu.astype(np.float32), "var": var.astype(np.float32)}
 
     def pairwise(self, a: Features, b: Features) -> np.ndarray:
-        return ssim_matrix(a["grey"], b["grey"], self.params.win_size)
+        return ssim_matrix(a["grey"], b["grey"], self.params.win_size,
+                           stats_a=(a["mu"], a["var"]), stats_b=(b["mu"], b["var"]))
 
     def pairwise_torch(self, a: Features, b: Features, device: str) -> np.ndarray:
         return ssim_matrix_torch(a["grey"], b["grey"], self.params.win_size, device)

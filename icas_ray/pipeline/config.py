@@ -37,7 +37,9 @@ class ClusterConfig:
         overwrite: replace an existing finished result.
         time_limit_s: per batch (and for the merge), stop comparing pairs after this many
             seconds; the pairs not compared are reported.
-        strategy: ``exhaustive`` (all pairs) or ``pruned`` (the original's shortcut).
+        strategy: ``exhaustive`` (all pairs, every edge), ``connected`` (the same clusters,
+            skipping pairs already in one component) or ``pruned`` (the original's lossy
+            shortcut); None = the method's default (connected for SSIM and ORB).
         merge_mode: ``full`` (outliers and several representatives per large cluster join the
             merge) or ``original`` (one representative per cluster, outliers stay outliers).
         merge_reps: most representatives per batch cluster (None = the method's default).
@@ -57,7 +59,7 @@ class ClusterConfig:
     transfer: str = "copy"
     overwrite: bool = False
     time_limit_s: float | None = None
-    strategy: str = "exhaustive"
+    strategy: str | None = None
     merge_mode: str = "full"
     merge_reps: int | None = None
     sniff: bool = False
@@ -68,6 +70,8 @@ class ClusterConfig:
     def __post_init__(self) -> None:
         m = get_method(self.method, dict(self.method_params))  # validates name and params
         object.__setattr__(self, "method", m.name)
+        if self.strategy is None:
+            object.__setattr__(self, "strategy", m.default_strategy)
         if self.threshold is not None:
             lo, hi = m.threshold_range
             if not lo <= self.threshold <= hi:

@@ -37,8 +37,10 @@ from icas_ray.features import method_names
 @click.option("--overwrite", is_flag=True, default=None, help="Replace an existing finished result.")
 @click.option("--time-limit", "time_limit_s", type=float, default=None, metavar="S",
               help="Stop comparing pairs in a batch (and in the merge) after S seconds.")
-@click.option("--strategy", type=click.Choice(["exhaustive", "pruned"]), default=None,
-              help="exhaustive: compare all pairs [default]; pruned: the original's shortcut.")
+@click.option("--strategy", type=click.Choice(["exhaustive", "connected", "pruned"]), default=None,
+              help="exhaustive: all pairs, every edge [default for hashes and TM]; connected: the "
+                   "same clusters, skipping pairs already joined [default for SSIM, ORB]; pruned: "
+                   "the original's lossy shortcut.")
 @click.option("--merge-mode", type=click.Choice(["full", "original"]), default=None,
               help="full: outliers and several members per cluster join the merge [default]; "
                    "original: first member per cluster only.")
