@@ -44,6 +44,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip_browser)
 
 
+def ray_listening_addresses() -> list[tuple[str, int, int]]:
+    """``(ip, port, pid)`` of every listening TCP socket of this process and Ray's processes."""
+    import psutil
+
+    pids = {os.getpid()}
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if any(k in cmd for k in ("ray", "gcs_server", "raylet")):
+            pids.add(p.pid)
+    return [(c.laddr.ip, c.laddr.port, c.pid) for c in psutil.net_connections(kind="inet")
+            if c.status == psutil.CONN_LISTEN and c.pid in pids]
+
+
+def not_loopback(addresses: list[tuple[str, int, int]]) -> list[tuple[str, int, int]]:
+    return [a for a in addresses if a[0] not in ("127.0.0.1", "::ffff:127.0.0.1", "::1")]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -161,3 +161,12 @@ def test_connected_strategy_gives_the_exhaustive_components(seed):  # type: igno
         assert (components(nu, u[full.a], u[full.b]) == components(nu, u[fast.a], u[fast.b])).all()
         assert fast.comparisons <= full.comparisons
         assert (fast.similarity > t).all()
+
+
+@pytest.mark.parametrize("num_perm", [8, 100, 128, 256, 1000])
+def test_signature_similarity_any_length(num_perm):  # type: ignore[no-untyped-def]
+    from icas_ray.features.minhash import signature_similarity
+
+    sig = np.random.default_rng(num_perm).integers(0, 3, (40, num_perm)).astype(np.uint64)
+    ref = (sig[:, None, :] == sig[None]).mean(axis=2)
+    np.testing.assert_allclose(signature_similarity(sig, sig), ref, atol=1e-6)

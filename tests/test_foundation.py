@@ -97,24 +97,18 @@ def test_cli_user_error_is_one_line(tmp_path):  # type: ignore[no-untyped-def]
 
 
 def test_embedded_ray_listens_on_loopback_only(ray_session):  # type: ignore[no-untyped-def]
-    import psutil
-
     import ray
+
+    from conftest import not_loopback, ray_listening_addresses
 
     @ray.remote
     def pid() -> int:
         return os.getpid()
 
     ray.get([pid.remote() for _ in range(2)])
-    ray_pids = {p.pid for p in psutil.process_iter(["name", "cmdline"])
-                if any(k in " ".join(p.info["cmdline"] or []) for k in ("ray", "gcs_server", "raylet"))}
-    ray_pids.add(os.getpid())
-    listening = [c for c in psutil.net_connections(kind="inet")
-                 if c.status == psutil.CONN_LISTEN and c.pid in ray_pids]
+    listening = ray_listening_addresses()
     assert listening, "expected Ray to listen on some ports"
-    bad = [(c.laddr.ip, c.laddr.port, c.pid) for c in listening
-           if c.laddr.ip not in ("127.0.0.1", "::ffff:127.0.0.1", "::1")]
-    assert not bad, f"Ray listens on non-loopback addresses: {bad}"
+    assert not not_loopback(listening), f"Ray listens on non-loopback addresses: {not_loopback(listening)}"
 
 
 def test_ray_data_reads_local_folder(ray_session, near_dup_dir):  # type: ignore[no-untyped-def]

@@ -117,6 +117,13 @@ def image_id(client) -> str:  # type: ignore[no-untyped-def]
     return str(client.register(_png(_image(100, 150, seed=1))))
 
 
+def test_serve_listens_on_loopback_only(client) -> None:  # type: ignore[no-untyped-def]
+    """With the app up (proxy, controller, replicas), nothing of Ray listens beyond 127.0.0.1."""
+    from conftest import not_loopback, ray_listening_addresses
+
+    assert not not_loopback(ray_listening_addresses())
+
+
 def test_health_and_info(client) -> None:  # type: ignore[no-untyped-def]
     assert client.health() == {"status": "ok"}
     info = client.info()

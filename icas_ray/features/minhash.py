@@ -51,26 +51,35 @@ def corner_indices(gray: np.ndarray, p: MinHashParams) -> np.ndarray:
     return np.sort(np.argsort(response, kind="stable")[-n:])
 
 
+_BYTE_SUM = np.uint64(0x0101010101010101)
+
+
 def signature_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Share of equal values for all pairs of signature rows: ``(Na, P), (Nb, P) -> (Na, Nb)``.
 
-    One pass per permutation over a ``(rows, Nb)`` block, counting equalities in ``uint16``;
-    MinHash values are below 2**32, so they are compared as ``uint32``.
+    The equality flags of a block, one byte each, are read as 64-bit words (8 flags a word)
+    and summed word-wise; one multiply then adds the 8 bytes of each sum. That avoids numpy's
+    slow reduction over a short trailing axis. MinHash values are below 2**32 and are compared
+    as ``uint32``; signatures are padded to a multiple of 8 with values that never match.
     """
+    p = a.shape[1]
+    pad = (-p) % 8
+    a32, b32 = a.astype(np.uint32), b.astype(np.uint32)
+    if pad:
+        a32 = np.pad(a32, ((0, 0), (0, pad)), constant_values=0)
+        b32 = np.pad(b32, ((0, 0), (0, pad)), constant_values=1)
     out = np.empty((len(a), len(b)), np.float32)
-    a32 = a.astype(np.uint32) if a.size and a.max() < 2**32 else a
-    b32 = b.astype(np.uint32) if b.size and b.max() < 2**32 else b
-    bt = np.ascontiguousarray(b32.T)  # (P, Nb)
-    rows = max(1, _BLOCK_BYTES // max(1, 4 * len(b)))
-    eq = np.empty((min(rows, len(a)), len(b)), bool)
+    rows = max(1, _BLOCK_BYTES // max(1, (p + pad) * len(b)))
+    # The byte-lane sum of one chunk must stay below 256: chunks of at most 248 values.
+    chunk = 248
     for s in range(0, len(a), rows):
-        block = a32[s:s + rows]
-        count = np.zeros((len(block), len(b)), np.uint16)
-        e = eq[:len(block)]
-        for p in range(a.shape[1]):
-            np.equal(block[:, p, None], bt[p][None, :], out=e)
-            count += e
-        np.multiply(count, np.float32(1.0 / a.shape[1]), out=out[s:s + rows], dtype=np.float32)
+        counts = np.zeros((len(a32[s:s + rows]), len(b)), np.uint64)
+        for c in range(0, p + pad, chunk):
+            eq = a32[s:s + rows, None, c:c + chunk] == b32[None, :, c:c + chunk]
+            w = eq.shape[2] // 8
+            total = eq.view(np.uint64).reshape(len(eq), len(b), w).sum(axis=2, dtype=np.uint64)
+            counts += (total * _BYTE_SUM) >> np.uint64(56)
+        np.multiply(counts, np.float32(1.0 / p), out=out[s:s + rows], dtype=np.float32)
     return out
 
 
