@@ -62,7 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hash-extra-sizes", default="", help="extra sizes for imagehash/minhash, e.g. 16000")
     parser.add_argument("--dataset", default="digits", choices=("digits", "near-duplicates"))
     parser.add_argument("--batch-size", type=int, default=250)
-    parser.add_argument("--strategy", default="exhaustive", choices=("exhaustive", "pruned"))
+    parser.add_argument("--strategy", default="default",
+                        choices=("default", "exhaustive", "connected", "pruned"),
+                        help="icas strategy; default = each method's own (connected for SSIM/ORB)")
     parser.add_argument("--ref-budget", type=float, default=40.0,
                         help="seconds the reference may take per method and size before it is measured on "
                              "k batches and extrapolated (default 40)")
@@ -425,7 +427,8 @@ def run_icas_job(path: str, method: str, threshold: float, batch_size: int, stra
 
     out = tempfile.mkdtemp(prefix="icas_bench_out_")
     cfg = ClusterConfig(method=method, method_params=params or {}, threshold=threshold,
-                        batch_size=batch_size, strategy=strategy, overwrite=True)
+                        batch_size=batch_size, strategy=None if strategy == "default" else strategy,
+                        overwrite=True)
     t = time.perf_counter()
     with MemorySampler(tree=True) as mem:
         summary = cluster(path, out, cfg, resources=ResourceConfig(num_cpus=2))
@@ -449,6 +452,8 @@ def run_icas_pairwise(path: str, files: list[str], method: str, threshold: float
     from icas_ray.images import decode
 
     m = get_method(method)
+    if strategy == "default":
+        strategy = m.default_strategy
     batches = [files[s:s + batch_size] for s in range(0, len(files), batch_size)]
     # warm-up (imports, first-call costs) on a few images, not timed
     w = m.extract([decode(open(os.path.join(path, f), "rb").read(), m.default_read) for f in files[:8]])
@@ -531,7 +536,7 @@ def run_cluster_table(args: argparse.Namespace) -> int:
                 r["scores_on"] = "all images" if not r["extrapolated"] else f"the {len(sub)} measured images"
                 r["read"] = label
                 ref_results.append(r)
-            row = {"method": name, "n": n, "threshold": thr, "strategy": args.strategy,
+            row = {"method": name, "n": n, "threshold": thr, "strategy": (get_method(name).default_strategy if args.strategy == "default" else args.strategy),
                    "icas_read": str(get_method(name).default_read),
                    "icas_job": {k: v for k, v in job.items() if k != "pred"},
                    "icas_job_scores": partition_scores(truth, job["pred"]),
@@ -582,7 +587,8 @@ def _write(args: argparse.Namespace, rows: list[dict[str, Any]], elapsed: float,
         "(the original's threads share the GIL for this per-pair work).",
         "",
         "* **icas job**: `cluster()` wall time for the whole job (listing, decode, features, batches, merge, "
-        "copying files, manifest/report), strategy " + args.strategy + ", icas's default read size per method. "
+        "copying files, manifest/report), with icas's default strategy and read size per method (column "
+        "*strategy*: connected gives exhaustive's clusters without comparing pairs already joined). "
         "Peak memory: RSS of the driver plus all Ray processes.",
         "* **icas pairwise**: the same batches clustered in-process (`process_batch` + `merge_batches`) on "
         "features extracted beforehand: vectorized similarity, graph, merge.",
@@ -601,10 +607,10 @@ def _write(args: argparse.Namespace, rows: list[dict[str, Any]], elapsed: float,
         "combination (which includes pruned pairs): also an underestimate.",
         "* ARI / F1: adjusted Rand index and pair F1 against truth.csv, outliers as singletons.",
         "",
-        "| method | N | thr | icas job s | img/s | peak MiB (+Δ) | comparisons | icas ARI | icas F1 "
+        "| method | N | thr | strategy | icas job s | img/s | peak MiB (+Δ) | comparisons | icas ARI | icas F1 "
         "| icas pairwise s | ref read | ref measured | ref pairwise s | ref job s | ref ARI (on) "
         "| icas ARI on same | pairwise speed-up | job speed-up |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---|---:|---:|---:|",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---|---:|---:|---:|",
     ]
     for row in rows:
         job, js = row["icas_job"], row["icas_job_scores"]
@@ -616,6 +622,7 @@ def _write(args: argparse.Namespace, rows: list[dict[str, Any]], elapsed: float,
             same = row.get("icas_scores_on_ref_subset", js)["ari"] if r["extrapolated"] else js["ari"]
             md.append("| " + " | ".join([
                 row["method"] if first else "", str(row["n"]) if first else "", _fmt(row["threshold"], 3) if first else "",
+                row.get("strategy", "exhaustive") if first else "",
                 _fmt(job["wall_s"], 1) if first else "", _fmt(row["n"] / job["wall_s"], 0) if first else "",
                 f"{job['peak_rss_mib']:.0f} (+{job['peak_rss_increase_mib']:.0f})" if first else "",
                 f"{comps} / {job['comparisons']['all_pairs']}" if first else "",
