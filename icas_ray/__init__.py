@@ -8,7 +8,9 @@ The public entry points, importable without starting Ray or importing torch::
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from icas_ray._lazy import lazy_getattr
 
 __version__ = "0.1.0"
 
@@ -32,9 +34,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'icas_ray' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

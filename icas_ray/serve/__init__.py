@@ -11,8 +11,7 @@ Names load lazily: importing this package imports neither Ray Serve nor torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from icas_ray._lazy import lazy_getattr
 
 __all__ = ["EmbeddingStore", "SamClient", "SamServeArgs", "SamServiceError", "build_app",
            "embed_folder", "EmbedConfig"]
@@ -28,7 +27,4 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        return getattr(importlib.import_module(_WHERE[name]), name)
-    raise AttributeError(f"module 'icas_ray.serve' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _WHERE)
