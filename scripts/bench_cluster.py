@@ -580,7 +580,8 @@ def _write(args: argparse.Namespace, rows: list[dict[str, Any]], elapsed: float,
         "",
         f"Machine: {mach.get('cpu')}, {mach.get('cpus')} CPUs, {mach.get('memory_gib')} GiB, GPU: "
         f"{mach.get('gpu')}; Python {mach.get('python')}; {result['date']}. Produced by "
-        f"`.venv/bin/python scripts/bench.py cluster` in {elapsed / 60:.1f} min.",
+        f"`.venv/bin/python scripts/bench.py cluster` in {elapsed / 60:.1f} min."
+        + (f" Note: {result['note']}." if result.get("note") else ""),
         "",
         "**Numbers are noisy**: the machine has 2 cores and other engineers ran tests on it at the same "
         "time. icas runs on an embedded Ray with 2 CPUs; the reference runs sequentially in one process "

@@ -90,6 +90,10 @@ class MinHashMethod(FeatureMethod):
     Params = MinHashParams
     default_read = ReadConfig(size=(128, 128))
     cheap = True
+    # Its clusters are small and many images stay outliers (all of which join the merge):
+    # 8 representatives per cluster gave the same partitions as 32 on the digits, with a
+    # tenth of the merge's comparisons (benchmarks/cluster.md).
+    merge_reps = 8
 
     def __init__(self, params: MinHashParams) -> None:
         positive_int(self.name, "num_perm", params.num_perm, 1)
