@@ -21,7 +21,7 @@ import os
 import posixpath
 import threading
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -225,12 +225,7 @@ class Storage:
     def _call(self, uri: str, action: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (OSError, ValueError) as e:
-            translated = self._translate(e, uri, action)
-            if translated is e:
-                raise
-            raise translated from e
-        except Exception as e:  # botocore errors are not OSErrors
+        except Exception as e:  # botocore's errors are not OSErrors; unknown ones re-raise as is
             translated = self._translate(e, uri, action)
             if translated is e:
                 raise
@@ -406,6 +401,3 @@ class Storage:
         fs, path = self.fs(uri)
         if self._call(uri, "check", fs.exists, path):
             self._call(uri, "delete", fs.rm, path, recursive=True)
-
-    def iter_files(self, uri: str) -> Iterator[FileInfo]:
-        yield from self.list_files(uri)

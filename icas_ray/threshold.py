@@ -107,7 +107,7 @@ def sample_similarities(files: Sequence[FileInfo], config: Any, *, storage: Stor
     uris = [u for ok, _ in parts for u in ok]
     feats = concat_features([f for _, f in parts if f])
     if len(uris) < 2:
-        raise_few(len(uris))
+        _raise_few(len(uris))
     matrix = method.pairwise(feats, feats).astype(np.float32)
     np.fill_diagonal(matrix, -np.inf)
     iu = np.triu_indices(len(uris), 1)
@@ -115,7 +115,7 @@ def sample_similarities(files: Sequence[FileInfo], config: Any, *, storage: Stor
                               uris=uris, n_images=len(uris), n_total=len(files))
 
 
-def raise_few(n: int) -> None:
+def _raise_few(n: int) -> None:
     from icas_ray.errors import InputError
 
     raise InputError(f"only {n} readable image(s) in the sample: a threshold needs at least 2 "

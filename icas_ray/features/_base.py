@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, TypeVar
 
@@ -53,7 +54,7 @@ def get_method(name: str, params: dict[str, Any] | None = None) -> FeatureMethod
     return cls(cls.make_params(params or {}))
 
 
-class FeatureMethod:
+class FeatureMethod(ABC):
     """A clustering feature: extraction plus a vectorized pairwise similarity.
 
     Subclasses set ``Params`` (a frozen dataclass), ``default_read`` and ``cheap``, and
@@ -96,13 +97,13 @@ class FeatureMethod:
                 raise ConfigError(f"parameter {key}={value!r} of method {cls.name} is not a {typ.__name__}") from e
         return cls.Params(**converted)
 
+    @abstractmethod
     def extract(self, images: Sequence[np.ndarray]) -> Features:
         """Features of ``(H, W, 3) uint8`` RGB images (already read with ``default_read``)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def pairwise(self, a: Features, b: Features) -> np.ndarray:
         """``(len(a), len(b)) float32`` similarity matrix (numpy)."""
-        raise NotImplementedError
 
     def pairwise_torch(self, a: Features, b: Features, device: str) -> np.ndarray:
         """The same matrix computed with torch on ``device``; defaults to :meth:`pairwise`."""

@@ -34,9 +34,10 @@ from icas_ray.clustering import (
 )
 from icas_ray.errors import ConfigError, InputError
 from icas_ray.features import Features, get_method
-from icas_ray.images import DecodeError, ReadConfig, decode
+from icas_ray.images import ReadConfig
 from icas_ray.output import Layout, TransferPlan, plan_transfers, render_report, thumbnails, transfer_one
 from icas_ray.pipeline.config import ClusterConfig
+from icas_ray.pipeline.read import DecodeImages, read_bytes_batch
 from icas_ray.progress import NullProgress, Progress
 from icas_ray.runtime import ResourceConfig, cluster_cpus, cluster_gpus, init_ray
 from icas_ray.storage import FileInfo, Storage
@@ -74,25 +75,18 @@ def _failpoint(name: str, count: int) -> None:
 
 def _decode_batch(batch: dict[str, np.ndarray], storage: Storage, read: ReadConfig,
                   ) -> dict[str, np.ndarray]:
-    from icas_ray.errors import IcasError
-
-    # Pixels travel as raw bytes plus their shape: a column of arrays would switch between
-    # Arrow tensor and pickled-object types from block to block as image sizes vary.
-    n = len(batch["uri"])
+    """Read and decode a batch (:mod:`icas_ray.pipeline.read`); pixels leave as raw bytes plus
+    their shape: a column of arrays would switch between Arrow tensor and pickled-object types
+    from block to block as image sizes vary."""
+    decoded = DecodeImages(read)(read_bytes_batch(batch, storage))
+    n = len(decoded["uri"])
     pixels = np.full(n, b"", dtype=object)
     shape = np.zeros((n, 3), np.int32)
-    status = np.full(n, "ok", dtype=object)
-    error = np.full(n, "", dtype=object)
-    for i, uri in enumerate(batch["uri"]):
-        try:
-            img = decode(storage.read_bytes(str(uri)), read)
+    for i, img in enumerate(decoded["image"]):
+        if img is not None:
             pixels[i], shape[i] = img.tobytes(), img.shape
-        except DecodeError as e:
-            status[i], error[i] = "error", str(e)
-        except (OSError, IcasError) as e:
-            status[i], error[i] = "error", f"unreadable ({e})"
-    return {"uri": batch["uri"], "size": batch["size"], "batch": batch["batch"],
-            "pixels": pixels, "shape": shape, "status": status, "error": error}
+    return {"uri": decoded["uri"], "size": decoded["size"], "batch": decoded["batch"],
+            "pixels": pixels, "shape": shape, "status": decoded["status"], "error": decoded["error"]}
 
 
 class _FeatureActor:
@@ -358,6 +352,7 @@ def _run_batches(files: Sequence[FileInfo], batches: np.ndarray, pending: set[in
         in_flight.append(ref)
 
     def reap(block: bool) -> None:
+        """Collect finished batch tasks: all that are done, or (``block``) at least one."""
         nonlocal finished
         while in_flight:
             ready, _ = ray.wait(in_flight, num_returns=1, timeout=None if block else 0)
@@ -368,9 +363,8 @@ def _run_batches(files: Sequence[FileInfo], batches: np.ndarray, pending: set[in
             finished += 1
             progress.advance("batches", finished, len(pending))
             _failpoint("batches", finished)
-            if not block:
-                continue
-            return
+            if block:
+                return
 
     for part in ds.iter_batches(batch_size=_ROWS_PER_UDF_CALL * 4, batch_format="numpy"):
         seen += len(part["uri"])
