@@ -40,7 +40,9 @@ __all__ = ["STRATEGIES", "EdgeSet", "build_edges", "cluster_labels", "components
 STRATEGIES = ("exhaustive", "connected", "pruned")
 
 #: A kernel scoring rows ``ia`` against columns ``ib`` of one feature set: -> (len(ia), len(ib)).
-Kernel = Callable[[np.ndarray, np.ndarray], np.ndarray]
+#: ``ia`` and ``ib`` are integer index arrays or slices (the exhaustive strategy's contiguous
+#: blocks).
+Kernel = Callable[[np.ndarray | slice, np.ndarray | slice], np.ndarray]
 
 #: Pairs scored per kernel call in the exhaustive strategy (bounds memory and time checks).
 _PAIRS_PER_CALL = 1 << 16
@@ -64,12 +66,6 @@ class EdgeSet:
     comparisons: int
     possible: int
     complete: bool = True
-
-
-def _allowed(groups: np.ndarray | None, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    if groups is None:
-        return np.ones((len(rows), len(cols)), bool)
-    return groups[rows][:, None] != groups[cols][None, :]
 
 
 def _find(parent: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -119,24 +115,28 @@ def build_edges(n: int, kernel: Kernel, threshold: float, *, strategy: str = "ex
     idx = np.arange(n)
     if strategy == "exhaustive":
         # Blocks of rows against the columns after the block's first row: small blocks waste
-        # little of the lower triangle, large ones amortise the kernel's per-call cost.
+        # little of the lower triangle, large ones amortise the kernel's per-call cost. Rows
+        # and columns go to the kernel as slices, so features are sliced without copies.
         rows_per_call = max(1, min(_PAIRS_PER_CALL // max(1, n), -(-n // 16)))
         for s in range(0, n, rows_per_call):
             if deadline is not None and time.monotonic() > deadline:
                 complete = False
                 break
-            rows = idx[s:s + rows_per_call]
-            cols = idx[s + 1:]  # upper triangle only: columns after the first row
-            if len(cols) == 0:
+            e = min(n, s + rows_per_call)
+            if s + 1 >= n:
                 continue
-            sim = kernel(rows, cols)
-            mask = cols[None, :] > rows[:, None]
-            mask &= _allowed(groups, rows, cols)
-            comparisons += int(mask.sum())
-            hit = mask & (sim > threshold)
-            r, c = np.nonzero(hit)
-            ea.append(rows[r])
-            eb.append(cols[c])
+            sim = kernel(slice(s, e), slice(s + 1, n))
+            # Column j of the block is item s + 1 + j: pair (s + i, s + 1 + j) is above the
+            # diagonal when j >= i, so only the block's first columns hold pairs to drop.
+            valid = np.ones(sim.shape, bool)
+            k = e - s
+            valid[:, :k] = np.triu(np.ones((k, min(k, n - s - 1)), bool))
+            if groups is not None:
+                valid &= groups[s:e, None] != groups[None, s + 1:n]
+            comparisons += int(np.count_nonzero(valid))
+            r, c = np.nonzero(valid & (sim > threshold))
+            ea.append(r + s)
+            eb.append(c + s + 1)
             es.append(sim[r, c])
     elif strategy == "connected":
         unit = np.arange(n) if units is None else np.asarray(units, np.int64)

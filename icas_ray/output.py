@@ -156,14 +156,22 @@ def _thumbnail(data: bytes, side: int = 96) -> str | None:
 
 
 def thumbnails(uris: Sequence[str], storage: Storage) -> list[str | None]:
-    """Base64 JPEG thumbnails of the given files (None where unreadable)."""
-    out: list[str | None] = []
-    for uri in uris:
+    """Base64 JPEG thumbnails of the given files (None where unreadable); remote files are
+    read in threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from icas_ray.storage import is_remote
+
+    def one(uri: str) -> str | None:
         try:
-            out.append(_thumbnail(storage.read_bytes(uri)))
+            return _thumbnail(storage.read_bytes(uri))
         except (OSError, ValueError):
-            out.append(None)
-    return out
+            return None
+
+    if not any(is_remote(u) for u in uris):
+        return [one(u) for u in uris]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return list(pool.map(one, uris))
 
 
 _REPORT_CSS = """

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
+import shutil
 import threading
 import uuid
 from collections.abc import Mapping
@@ -349,26 +350,46 @@ class Storage:
         Raises:
             StorageError: the copy's size differs from the source's.
         """
+        if _scheme(src) == _scheme(dst) == "file":
+            self._copy_local(src, dst, verify)
+            return
         sfs, spath = self.fs(src)
         dfs, dpath = self.fs(dst)
         if _scheme(src) == _scheme(dst):
-            if _scheme(dst) == "file":
-                os.makedirs(os.path.dirname(dpath), exist_ok=True)
-                # Copy to a temporary sibling and rename: a crash never leaves a half file
-                # under the final name (which a resumed run would take as done).
-                tmp = os.path.join(os.path.dirname(dpath), f".{os.path.basename(dpath)}.{uuid.uuid4().hex}.tmp")
-                try:
-                    self._call(src, "copy", sfs.copy, spath, tmp)
-                    os.replace(tmp, dpath)
-                finally:
-                    if os.path.exists(tmp):
-                        os.unlink(tmp)
-            else:
-                self._call(src, "copy", sfs.copy, spath, dpath)
+            self._call(src, "copy", sfs.copy, spath, dpath)
         else:
             self.write_bytes(dst, self.read_bytes(src))
         if verify:
             self._verify(src, dst)
+
+    def _copy_local(self, src: str, dst: str, verify: bool) -> None:
+        """Local copy with plain os calls (a third of fsspec's per-file cost): to a temporary
+        sibling, then renamed, so a crash never leaves a half file under the final name (which
+        a resumed run would take as done)."""
+        spath, dpath = self.fs(src)[1], self.fs(dst)[1]
+        folder = os.path.dirname(dpath)
+        tmp = os.path.join(folder, f".{os.path.basename(dpath)}.{uuid.uuid4().hex}.tmp")
+        try:
+            try:
+                shutil.copyfile(spath, tmp)
+            except FileNotFoundError:
+                if not os.path.isdir(folder):
+                    os.makedirs(folder, exist_ok=True)
+                    self._call(src, "copy", shutil.copyfile, spath, tmp)
+                else:
+                    raise
+            os.replace(tmp, dpath)
+        except Exception as e:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            translated = self._translate(e, src, "copy")
+            if translated is e:
+                raise
+            raise translated from e
+        if verify:
+            size, copied = os.stat(spath).st_size, os.stat(dpath).st_size
+            if size != copied:
+                raise StorageError(f"copy of {src!r} to {dst!r} is incomplete ({copied} of {size} bytes)")
 
     def _verify(self, src: str, dst: str) -> None:
         s, d = self.size(src), self.size(dst)

@@ -78,6 +78,21 @@ def test_minhash_matches_datasketch_jaccard():  # type: ignore[no-untyped-def]
     np.testing.assert_allclose(sim, ref, atol=1e-6)
 
 
+def test_minhash_signatures_are_datasketchs():  # type: ignore[no-untyped-def]
+    """The per-position hash table gives datasketch's own MinHash values, bit for bit."""
+    from datasketch import MinHash
+
+    from icas_ray.features.minhash import MinHashParams, corner_indices
+
+    imgs = [np.repeat(g[..., None], 3, 2) for g in _images(6, 64)]
+    m = get_method("minhash")
+    first, again = m.extract(imgs)["signature"], m.extract(imgs[::-1])["signature"][::-1]
+    for img, sig, sig2 in zip(imgs, first, again):
+        mh = MinHash(num_perm=128, seed=1)
+        mh.update_batch([v.tobytes() for v in corner_indices(img[..., 0], MinHashParams()).astype("<u4")])
+        assert np.array_equal(sig, mh.hashvalues) and np.array_equal(sig2, mh.hashvalues)
+
+
 def test_orb_similarity_identical_and_different():  # type: ignore[no-untyped-def]
     import skimage.data
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -22,6 +23,8 @@ from icas_ray.images import ReadConfig, to_gray
 __all__ = ["MinHashMethod", "corner_indices", "signature_similarity"]
 
 _BLOCK_BYTES = 32 * 2**20
+#: Largest per-position hash table kept (128x128 positions x 128 permutations: 8 MiB).
+_TABLE_BYTES = 128 * 2**20
 
 
 @dataclass(frozen=True)
@@ -60,11 +63,11 @@ def signature_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     The equality flags of a block, one byte each, are read as 64-bit words (8 flags a word)
     and summed word-wise; one multiply then adds the 8 bytes of each sum. That avoids numpy's
     slow reduction over a short trailing axis. MinHash values are below 2**32 and are compared
-    as ``uint32``; signatures are padded to a multiple of 8 with values that never match.
+    as ``uint32`` (signatures are stored so); signatures are padded to a multiple of 8 with values that never match.
     """
     p = a.shape[1]
     pad = (-p) % 8
-    a32, b32 = a.astype(np.uint32), b.astype(np.uint32)
+    a32, b32 = a.astype(np.uint32, copy=False), b.astype(np.uint32, copy=False)
     if pad:
         a32 = np.pad(a32, ((0, 0), (0, pad)), constant_values=0)
         b32 = np.pad(b32, ((0, 0), (0, pad)), constant_values=1)
@@ -99,20 +102,50 @@ class MinHashMethod(FeatureMethod):
         positive_int(self.name, "num_perm", params.num_perm, 1)
         positive_int(self.name, "top_n_corners", params.top_n_corners, 1)
         super().__init__(params)
+        self._template: Any = None
+        self._tables: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def extract(self, images: Sequence[np.ndarray]) -> Features:
+        p = self.params
+        sigs = np.empty((len(images), p.num_perm), np.uint32)
+        for i, img in enumerate(images):
+            gray = to_gray(img)
+            idx = corner_indices(gray, p)
+            # A MinHash is the element-wise minimum of its elements' permuted hashes, and the
+            # elements are pixel positions: each position's hashes are computed once (by
+            # datasketch itself) and a signature is a minimum over table rows.
+            sigs[i] = self._position_hashes(gray.size, idx).min(axis=0)
+        return {"signature": sigs}
+
+    def _position_hashes(self, positions: int, idx: np.ndarray) -> np.ndarray:
+        """``(len(idx), num_perm)`` permuted hashes of pixel positions ``idx`` (cached)."""
+        table = self._tables.get(positions)
+        if table is None:
+            if positions * self.params.num_perm * 4 > _TABLE_BYTES:
+                return self._hashes(idx)
+            table = self._tables[positions] = (np.zeros((positions, self.params.num_perm), np.uint32),
+                                               np.zeros(positions, bool))
+        values, known = table
+        missing = idx[~known[idx]]
+        if len(missing):
+            values[missing] = self._hashes(missing)
+            known[missing] = True
+        return values[idx]
+
+    def _hashes(self, idx: np.ndarray) -> np.ndarray:
+        """Permuted hashes of each position, from datasketch (one value per MinHash)."""
         from datasketch import MinHash
 
         p = self.params
-        sigs = np.empty((len(images), p.num_perm), np.uint64)
-        first = MinHash(num_perm=p.num_perm, seed=p.seed)  # its permutations are shared (same seed)
-        permutations, scheme = first.permutations, first.scheme
-        for i, img in enumerate(images):
-            idx = corner_indices(to_gray(img), p).astype("<u4")
-            mh = MinHash(num_perm=p.num_perm, seed=p.seed, permutations=permutations, scheme=scheme)
-            mh.update_batch([v.tobytes() for v in idx])
-            sigs[i] = mh.hashvalues
-        return {"signature": sigs}
+        if self._template is None:
+            self._template = MinHash(num_perm=p.num_perm, seed=p.seed)
+        mh = self._template
+        out = np.empty((len(idx), p.num_perm), np.uint32)
+        for k, v in enumerate(idx.astype("<u4")):
+            mh.clear()
+            mh.update(v.tobytes())
+            out[k] = mh.hashvalues
+        return out
 
     def pairwise(self, a: Features, b: Features) -> np.ndarray:
         return signature_similarity(a["signature"], b["signature"])

@@ -142,24 +142,30 @@ class _MergeActor:
         self.threshold = threshold
         self.device = "cuda" if use_gpu else None
         self.results: dict[int, BatchResult] = {}
+        # Imported now, while the batches run, rather than when the merge is waited for.
+        self.method = config.feature_method()
 
     def add(self, result: BatchResult) -> int:
         self.results[result.batch] = result
         return len(self.results)
 
     def merge(self) -> MergeResult:
-        return merge_batches(list(self.results.values()), self.config.feature_method(),
-                             self.threshold, strategy=self.config.strategy,
+        return merge_batches(list(self.results.values()), self.method, self.threshold,
+                             strategy=self.config.strategy,
                              time_limit_s=self.config.time_limit_s, device=self.device)
 
 
 def _write_task(items: list[tuple[str, str, int | None]], mode: str, storage: Storage,
                 ) -> list[tuple[str, str]]:
-    """Transfer files (with threads: copies are I/O-bound, on S3 latency-bound); returns
-    ``(dst, "done"|"skipped"|"error: ...")`` per file."""
+    """Transfer files; returns ``(dst, "done"|"skipped"|"error: ...")`` per file.
+
+    Remote copies are latency-bound and run in threads; local ones are a few system calls
+    each, where threads only contend for the GIL.
+    """
     from concurrent.futures import ThreadPoolExecutor
 
     from icas_ray.errors import IcasError
+    from icas_ray.storage import is_remote
 
     def one(item: tuple[str, str, int | None]) -> tuple[str, str]:
         src, dst, existing = item
@@ -168,6 +174,8 @@ def _write_task(items: list[tuple[str, str, int | None]], mode: str, storage: St
         except (OSError, IcasError) as e:
             return dst, f"error: {e}"
 
+    if not any(is_remote(src) or is_remote(dst) for src, dst, _ in items[:1]):
+        return [one(item) for item in items]
     with ThreadPoolExecutor(max_workers=_WRITER_THREADS) as pool:
         return list(pool.map(one, items))
 
@@ -329,7 +337,7 @@ def _run_batches(files: Sequence[FileInfo], batches: np.ndarray, pending: set[in
     ds.context.execution_options.preserve_order = False
     ds = ds.map_batches(_decode_batch, fn_kwargs={"storage": layout.storage,
                                                   "read": config.read_config()},
-                        batch_size=_ROWS_PER_UDF_CALL, batch_format="numpy", num_cpus=0.25)
+                        batch_size=_ROWS_PER_UDF_CALL, batch_format="numpy", num_cpus=0.5)
     ds = ds.map_batches(_FeatureActor, fn_constructor_kwargs={"method": config.method,
                                                               "params": dict(config.method_params)},
                         batch_size=_ROWS_PER_UDF_CALL, batch_format="numpy", num_cpus=0.5,
@@ -406,7 +414,7 @@ def _write_files(plan: TransferPlan, mode: str, layout: Layout, config: ClusterC
             existing.update({f.uri: f.size for f in st.list_files(root)})
     items = [(str(s), str(d), existing.get(str(d))) for s, d in zip(plan.src, plan.dst)]
     # Few large tasks: each new worker process costs about a second to start.
-    per_task = config.files_per_task or int(np.clip(len(items) // (2 * cluster_cpus()), 64, 4096))
+    per_task = config.files_per_task or int(np.clip(-(-len(items) // int(cluster_cpus())), 64, 4096))
     chunks = [items[i:i + per_task] for i in range(0, len(items), per_task)]
     task = ray.remote(_write_task).options(num_cpus=0.25)
     pending = [task.remote(c, mode, st) for c in chunks]
@@ -489,13 +497,18 @@ def _report(layout: Layout, summary: dict[str, Any], groups: dict[str, list[str]
     per_group = 8
     max_groups = 100
     titles = list(groups)[:max_groups]
+    wanted = [u for t in titles for u in groups[t][:per_group]]
+    # A few tasks (one per CPU at most): each new worker process costs about a second.
+    n_tasks = max(1, min(int(cluster_cpus()), -(-len(wanted) // 64)))
+    chunks = [list(c) for c in np.array_split(np.asarray(wanted, dtype=object), n_tasks)]
     task = ray.remote(_thumbs_task).options(num_cpus=0.25)
-    refs = [task.remote(groups[t][:per_group], layout.storage) for t in titles]
-    thumbs = ray.get(refs)
+    thumbs = iter([th for part in ray.get([task.remote(c, layout.storage) for c in chunks if c])
+                   for th in part])
     entries = []
-    for t, th in zip(titles, thumbs):
-        names = [os.path.basename(u.replace("\\", "/")) for u in groups[t][:per_group]]
-        entries.append((t, len(groups[t]), list(zip(names, th))))
+    for t in titles:
+        members = groups[t][:per_group]
+        names = [os.path.basename(u.replace("\\", "/")) for u in members]
+        entries.append((t, len(groups[t]), [(name, next(thumbs)) for name in names]))
     html_text = render_report(summary, entries, unreadable)
     uri = layout.path("report.html")
     layout.storage.write_text(uri, html_text)
@@ -550,7 +563,7 @@ def cluster(input_uri: str, output: str | None = None, config: ClusterConfig | N
 
     import ray
 
-    merger_cls = ray.remote(_MergeActor).options(num_cpus=0.25)
+    merger_cls = ray.remote(_MergeActor).options(num_cpus=0)
     method = config.feature_method()
     merger = merger_cls.remote(config, threshold, cluster_gpus() >= 1 and method.has_torch)
     done_before = set(state.batches_done) & set(range(n_batches))
