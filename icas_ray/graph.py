@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -66,6 +67,14 @@ class EdgeSet:
     comparisons: int
     possible: int
     complete: bool = True
+
+
+@functools.lru_cache(maxsize=8)
+def _upper(k: int) -> np.ndarray:
+    """``(k, k)`` bool, True on and above the diagonal (read-only, cached)."""
+    m = np.triu(np.ones((k, k), bool))
+    m.flags.writeable = False
+    return m
 
 
 def _find(parent: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -115,26 +124,28 @@ def build_edges(n: int, kernel: Kernel, threshold: float, *, strategy: str = "ex
     idx = np.arange(n)
     if strategy == "exhaustive":
         # Blocks of rows against the columns after the block's first row: small blocks waste
-        # little of the lower triangle, large ones amortise the kernel's per-call cost. Rows
-        # and columns go to the kernel as slices, so features are sliced without copies.
-        rows_per_call = max(1, min(_PAIRS_PER_CALL // max(1, n), -(-n // 16)))
-        for s in range(0, n, rows_per_call):
+        # little of the lower triangle, large ones amortise the per-call cost. Rows and
+        # columns go to the kernel as slices, so features are sliced without copies.
+        rows_per_call = max(1, min(_PAIRS_PER_CALL // max(1, n), -(-n // 8)))
+        for s in range(0, n - 1, rows_per_call):
             if deadline is not None and time.monotonic() > deadline:
                 complete = False
                 break
-            e = min(n, s + rows_per_call)
-            if s + 1 >= n:
-                continue
-            sim = kernel(slice(s, e), slice(s + 1, n))
-            # Column j of the block is item s + 1 + j: pair (s + i, s + 1 + j) is above the
-            # diagonal when j >= i, so only the block's first columns hold pairs to drop.
-            valid = np.ones(sim.shape, bool)
+            e = min(n - 1, s + rows_per_call)
             k = e - s
-            valid[:, :k] = np.triu(np.ones((k, min(k, n - s - 1)), bool))
-            if groups is not None:
-                valid &= groups[s:e, None] != groups[None, s + 1:n]
-            comparisons += int(np.count_nonzero(valid))
-            r, c = np.nonzero(valid & (sim > threshold))
+            sim = kernel(slice(s, e), slice(s + 1, n))
+            hit = sim > threshold
+            # Column j of the block is item s + 1 + j: pair (s + i, s + 1 + j) is above the
+            # diagonal when j >= i, so only the block's first k columns hold pairs to drop.
+            hit[:, :k] &= _upper(k)
+            if groups is None:
+                comparisons += k * (n - 1 - s) - k * (k - 1) // 2
+            else:
+                valid = groups[s:e, None] != groups[None, s + 1:n]
+                valid[:, :k] &= _upper(k)
+                comparisons += int(np.count_nonzero(valid))
+                hit &= valid
+            r, c = np.nonzero(hit)
             ea.append(r + s)
             eb.append(c + s + 1)
             es.append(sim[r, c])

@@ -76,12 +76,17 @@ def signature_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     # The byte-lane sum of one chunk must stay below 256: chunks of at most 248 values.
     chunk = 248
     for s in range(0, len(a), rows):
-        counts = np.zeros((len(a32[s:s + rows]), len(b)), np.uint64)
+        counts = None
         for c in range(0, p + pad, chunk):
             eq = a32[s:s + rows, None, c:c + chunk] == b32[None, :, c:c + chunk]
             w = eq.shape[2] // 8
             total = eq.view(np.uint64).reshape(len(eq), len(b), w).sum(axis=2, dtype=np.uint64)
-            counts += (total * _BYTE_SUM) >> np.uint64(56)
+            total *= _BYTE_SUM
+            total >>= np.uint64(56)
+            if counts is None:
+                counts = total
+            else:
+                counts += total
         np.multiply(counts, np.float32(1.0 / p), out=out[s:s + rows], dtype=np.float32)
     return out
 

@@ -144,6 +144,7 @@ class _MergeActor:
         self.results: dict[int, BatchResult] = {}
         # Imported now, while the batches run, rather than when the merge is waited for.
         self.method = config.feature_method()
+        import scipy.sparse.csgraph  # noqa: F401  (the graph's components)
 
     def add(self, result: BatchResult) -> int:
         self.results[result.batch] = result
