@@ -216,12 +216,20 @@ class MergeResult:
 
 def merge_batches(results: Sequence[BatchResult], method: FeatureMethod, threshold: float, *,
                   strategy: str = "exhaustive", time_limit_s: float | None = None,
-                  device: str | None = None) -> MergeResult:
+                  device: str | None = None, threads: int = 1) -> MergeResult:
     """Merge batch clusters (and carried outliers) whose representatives are similar.
 
     Pairs of representatives from the same batch are not compared (their batch already did).
     With no merge at all (one batch), the batch clusters are the final clusters.
+
+    The ``connected`` strategy compares representatives exhaustively here: representatives of
+    different batches are rarely joined before they are compared (on the digits it would skip
+    8% of the pairs), and whole blocks of pairs score faster than row-by-row calls. The
+    components are the same either way. ``threads`` blocks are scored at once (the merge runs
+    when the batches are done and has the machine to itself).
     """
+    if strategy == "connected":
+        strategy = "exhaustive"
     results = sorted(results, key=lambda r: r.batch)
     unit_offset: dict[int, int] = {}
     total_units = 0
@@ -238,7 +246,8 @@ def merge_batches(results: Sequence[BatchResult], method: FeatureMethod, thresho
     n_reps = len(rep_units)
     if len(results) > 1 and n_reps > 1:
         edges = build_edges(n_reps, _kernel(method, feats, device), threshold, strategy=strategy,
-                            groups=groups, time_limit_s=time_limit_s, units=rep_units)
+                            groups=groups, time_limit_s=time_limit_s, units=rep_units,
+                            threads=threads if device is None else 1)
     else:
         edges = build_edges(0, lambda r, c: np.zeros((len(r), len(c))), threshold)
     unit_comp = components(total_units, rep_units[edges.a], rep_units[edges.b])

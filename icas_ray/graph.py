@@ -27,10 +27,12 @@ Example:
 
 from __future__ import annotations
 
+import collections
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -69,6 +71,34 @@ class EdgeSet:
     complete: bool = True
 
 
+def _in_order(fn: Callable[[int], Any], items: Sequence[int], threads: int,
+              deadline: float | None) -> Iterator[Any]:
+    """``fn`` over ``items``, results in order, up to ``threads`` at a time; nothing new is
+    started after ``deadline``."""
+    def expired() -> bool:
+        return deadline is not None and time.monotonic() > deadline
+
+    if threads <= 1:
+        for item in items:
+            if expired():
+                return
+            yield fn(item)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        pending: collections.deque[Any] = collections.deque()
+        it = iter(items)
+        for item in it:
+            if expired():
+                break
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= 2 * threads:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
 @functools.lru_cache(maxsize=8)
 def _upper(k: int) -> np.ndarray:
     """``(k, k)`` bool, True on and above the diagonal (read-only, cached)."""
@@ -90,7 +120,7 @@ def _find(parent: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 def build_edges(n: int, kernel: Kernel, threshold: float, *, strategy: str = "exhaustive",
                 groups: np.ndarray | None = None, time_limit_s: float | None = None,
-                units: np.ndarray | None = None) -> EdgeSet:
+                units: np.ndarray | None = None, threads: int = 1) -> EdgeSet:
     """Edges among ``n`` items whose similarity is greater than ``threshold``.
 
     Args:
@@ -104,6 +134,8 @@ def build_edges(n: int, kernel: Kernel, threshold: float, *, strategy: str = "ex
         units: ``connected`` only: ``(n,)`` ids of what the components are made of when items
             are already grouped (the merge's batch clusters: representatives of one unit start
             connected). Default: every item is its own unit.
+        threads: ``exhaustive`` only: score this many blocks at once (numpy releases the GIL
+            in its loops); for a phase that has the machine to itself, such as the merge.
 
     Returns:
         The edges and the comparison counts.
@@ -127,13 +159,14 @@ def build_edges(n: int, kernel: Kernel, threshold: float, *, strategy: str = "ex
         # little of the lower triangle, large ones amortise the per-call cost. Rows and
         # columns go to the kernel as slices, so features are sliced without copies.
         rows_per_call = max(1, min(_PAIRS_PER_CALL // max(1, n), -(-n // 8)))
-        for s in range(0, n - 1, rows_per_call):
-            if deadline is not None and time.monotonic() > deadline:
-                complete = False
-                break
+        starts = range(0, n - 1, rows_per_call)
+
+        def score(s: int) -> tuple[int, int, np.ndarray]:
             e = min(n - 1, s + rows_per_call)
+            return s, e, kernel(slice(s, e), slice(s + 1, n))
+
+        for s, e, sim in _in_order(score, starts, threads, deadline):
             k = e - s
-            sim = kernel(slice(s, e), slice(s + 1, n))
             hit = sim > threshold
             # Column j of the block is item s + 1 + j: pair (s + i, s + 1 + j) is above the
             # diagonal when j >= i, so only the block's first k columns hold pairs to drop.
@@ -149,6 +182,7 @@ def build_edges(n: int, kernel: Kernel, threshold: float, *, strategy: str = "ex
             ea.append(r + s)
             eb.append(c + s + 1)
             es.append(sim[r, c])
+        complete = len(ea) == len(starts)
     elif strategy == "connected":
         unit = np.arange(n) if units is None else np.asarray(units, np.int64)
         _, unit = np.unique(unit, return_inverse=True)
@@ -166,7 +200,9 @@ def build_edges(n: int, kernel: Kernel, threshold: float, *, strategy: str = "ex
             cols = cols[_find(parent, unit[cols]) != ri]
             if len(cols) == 0:
                 continue
-            sim = kernel(np.array([i]), cols)[0]
+            # Slices where possible: the kernel then reads the features without copying them.
+            span = slice(i + 1, n) if len(cols) == n - i - 1 else cols
+            sim = kernel(slice(i, i + 1), span)[0]
             comparisons += len(cols)
             hit = np.flatnonzero(sim > threshold)
             if len(hit) == 0:

@@ -19,6 +19,11 @@ import platform
 import sys
 from typing import Any
 
+# One BLAS thread, as in Ray's workers (which set OMP_NUM_THREADS=1): in-process measurements
+# of icas's kernels then use one core, like the per-pair reference loops they are compared with.
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 BENCHMARKS = os.path.join(os.path.dirname(HERE), "benchmarks")
 SUBCOMMANDS = ("cluster", "segment", "serve")

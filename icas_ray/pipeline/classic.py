@@ -151,9 +151,11 @@ class _MergeActor:
         return len(self.results)
 
     def merge(self) -> MergeResult:
+        # The merge runs once the batches are done: it may use every core of its node.
         return merge_batches(list(self.results.values()), self.method, self.threshold,
                              strategy=self.config.strategy,
-                             time_limit_s=self.config.time_limit_s, device=self.device)
+                             time_limit_s=self.config.time_limit_s, device=self.device,
+                             threads=len(os.sched_getaffinity(0)))
 
 
 def _write_task(items: list[tuple[str, str, int | None]], mode: str, storage: Storage,
