@@ -1,0 +1,56 @@
+"""Decoding: OpenCV's fast path for plain PNGs gives Pillow's pixels; the rest keeps Pillow's."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import icas_ray.images as images
+from icas_ray.images import DecodeError, ReadConfig, decode
+
+
+def _png(array: np.ndarray, mode: str) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array, mode).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _pillow_decode(data: bytes, config: ReadConfig, monkeypatch: pytest.MonkeyPatch) -> np.ndarray:
+    with monkeypatch.context() as m:
+        m.setattr(images, "_plain_png_size", lambda _: None)
+        return decode(data, config)
+
+
+@pytest.mark.parametrize("mode,shape", [("RGB", (37, 53, 3)), ("L", (41, 29))])
+@pytest.mark.parametrize("config", [ReadConfig(), ReadConfig(size=(16, 16)), ReadConfig(max_side=20),
+                                    ReadConfig(scale=1.5)])
+def test_plain_png_fast_path_equals_pillow(mode, shape, config, monkeypatch):  # type: ignore[no-untyped-def]
+    data = _png(np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8), mode)
+    assert images._plain_png_size(data) == (shape[1], shape[0])
+    fast = decode(data, config)
+    assert fast.dtype == np.uint8 and fast.flags.c_contiguous
+    np.testing.assert_array_equal(fast, _pillow_decode(data, config, monkeypatch))
+
+
+def test_other_pngs_take_pillow():  # type: ignore[no-untyped-def]
+    rgba = _png(np.zeros((4, 4, 4), np.uint8), "RGBA")
+    grey16 = io.BytesIO()
+    Image.fromarray(np.full((4, 4), 65535, np.uint16)).save(grey16, "PNG")
+    palette = io.BytesIO()
+    Image.new("P", (4, 4), 3).save(palette, "PNG")
+    for data in (rgba, grey16.getvalue(), palette.getvalue()):
+        assert images._plain_png_size(data) is None
+        assert decode(data).shape == (4, 4, 3)
+    assert decode(grey16.getvalue()).max() == 255  # 16 bits scaled to 8
+    assert decode(rgba)[0, 0].tolist() == [255, 255, 255]  # transparent on white
+
+
+def test_truncated_and_huge_plain_pngs():  # type: ignore[no-untyped-def]
+    data = _png(np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8), "RGB")
+    with pytest.raises(DecodeError, match="truncated"):
+        decode(data[: len(data) // 2])
+    with pytest.raises(DecodeError, match="exceeds pixel limit"):
+        decode(data, ReadConfig(max_pixels=100))
