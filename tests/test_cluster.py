@@ -73,6 +73,36 @@ def test_digits_1000_accuracy(digits1000, tmp_path, method, threshold, min_ari):
     assert c["clustered_images"] + c["outliers"] + c["unreadable"] == 1000
 
 
+def test_job_is_deterministic_and_matches_in_process_clustering(digits1000, tmp_path):  # type: ignore[no-untyped-def]
+    """Rows reach the driver in any order; each batch must still be clustered in listing order
+    (its representatives, hence the merge, depend on it), exactly as in-process."""
+    from icas_ray.clustering import merge_batches, process_batch
+    from icas_ray.features import get_method
+    from icas_ray.images import decode
+    from icas_ray.storage import Storage
+
+    out = str(tmp_path / "out")
+    cluster(digits1000, out, ClusterConfig(method="minhash", threshold=0.3, batch_size=250))
+    m = _manifest(out)
+    files = Storage().list_images(digits1000)
+    files.sort(key=lambda f: (f.size, f.uri))
+    assert list(m.uri.str.removeprefix("file://")) == [f.uri.removeprefix("file://") for f in files]
+    method = get_method("minhash")
+    results = []
+    for b in range(4):
+        part = files[b * 250:(b + 1) * 250]
+        feats = method.extract([decode(open(f.uri.removeprefix("file://"), "rb").read(), method.default_read)
+                                for f in part])
+        results.append(process_batch(b, uris=[f.uri for f in part], sizes=np.zeros(250, np.int64),
+                                     status=np.full(250, "ok", object), error=np.full(250, "", object),
+                                     features=feats, method=method, threshold=0.3,
+                                     merge_reps=method.merge_reps))
+    merged = merge_batches(results, method, 0.3)
+    expected = np.concatenate([merged.cluster[b] for b in range(4)])
+    got = m.cluster.fillna(-1).astype(int).to_numpy()
+    assert adjusted_rand_score(expected, got) == 1.0
+
+
 @pytest.mark.parametrize("method,threshold,min_ari", [
     ("ORB", 0.98, 0.25),
 ], ids=["ORB"])

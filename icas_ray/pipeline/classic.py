@@ -86,7 +86,8 @@ def _decode_batch(batch: dict[str, np.ndarray], storage: Storage, read: ReadConf
         if img is not None:
             pixels[i], shape[i] = img.tobytes(), img.shape
     return {"uri": decoded["uri"], "size": decoded["size"], "batch": decoded["batch"],
-            "pixels": pixels, "shape": shape, "status": decoded["status"], "error": decoded["error"]}
+            "row": decoded["row"], "pixels": pixels, "shape": shape, "status": decoded["status"],
+            "error": decoded["error"]}
 
 
 class _FeatureActor:
@@ -100,7 +101,7 @@ class _FeatureActor:
         ok = np.flatnonzero(batch["status"] == "ok")
         images = [np.frombuffer(batch["pixels"][i], np.uint8).reshape(batch["shape"][i]) for i in ok]
         feats = self.method.extract(images) if len(ok) else None
-        out = {k: batch[k] for k in ("uri", "size", "batch", "status", "error")}
+        out = {k: batch[k] for k in ("uri", "size", "batch", "row", "status", "error")}
         n = len(batch["uri"])
         if feats is None:
             feats = self.method.extract([np.zeros((64, 64, 3), np.uint8)])
@@ -334,7 +335,7 @@ def _run_batches(files: Sequence[FileInfo], batches: np.ndarray, pending: set[in
     # Fractional CPUs: a 2-CPU machine must fit readers, feature actors and batch tasks at
     # once (whole-CPU actors deadlock Ray Data there).
     actors = max(1, min(16, int(cpus)))
-    ds = listing_dataset(todo, columns={"batch": batches[sel]})
+    ds = listing_dataset(todo, columns={"batch": batches[sel], "row": sel})
     # Rows come back roughly in listing order (= batch order); the driver buffers partial
     # batches, so strict ordering (which stalls the pipeline) is not needed.
     ds.context.execution_options.preserve_order = False
@@ -358,6 +359,10 @@ def _run_batches(files: Sequence[FileInfo], batches: np.ndarray, pending: set[in
     def submit(b: int) -> None:
         parts = buffers.pop(b)
         rows = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        # Rows arrive in any order; a batch is clustered in listing order, so that its
+        # representatives (hence the merge) do not depend on the order of arrival.
+        order = np.argsort(rows.pop("row"), kind="stable")
+        rows = {k: v[order] for k, v in rows.items()}
         ref = batch_fn.remote(b, rows, config, threshold, layout, use_gpu)
         refs.append(merger.add.remote(ref))
         in_flight.append(ref)
