@@ -2,11 +2,14 @@
 
 1. List the images (sorted by size) and cut them into batches; the listing is saved so that a
    resumed run sees the same files even after some were moved.
-2. Ray Data reads and decodes the files (CPU tasks), an actor pool extracts features.
-3. Each complete batch goes to a similarity task: its graph, clusters and representatives are
-   computed and persisted at once (the checkpoint a rerun resumes from).
+2. A Ray Data actor pool reads, decodes and extracts features (one CPU-bound stage: decoded
+   pixels never cross the object store, only features do). Rows reach the driver in any
+   order; the driver assembles each batch in listing order.
+3. Each complete batch goes to a similarity task, beside the feature actors: its graph,
+   clusters and representatives are computed and persisted at once (the checkpoint a rerun
+   resumes from).
 4. A merge actor receives every batch's representatives and merges batch clusters across
-   batches.
+   batches (in threads: by then it has its node to itself).
 5. Writer tasks copy or move every file into the result layout (idempotently), then the
    manifest, edges, summary and report are written; ``summary.json`` last.
 """
@@ -73,35 +76,27 @@ def _failpoint(name: str, count: int) -> None:
 # Ray Data UDFs (adapters over pure code)
 
 
-def _decode_batch(batch: dict[str, np.ndarray], storage: Storage, read: ReadConfig,
-                  ) -> dict[str, np.ndarray]:
-    """Read and decode a batch (:mod:`icas_ray.pipeline.read`); pixels leave as raw bytes plus
-    their shape: a column of arrays would switch between Arrow tensor and pickled-object types
-    from block to block as image sizes vary."""
-    decoded = DecodeImages(read)(read_bytes_batch(batch, storage))
-    n = len(decoded["uri"])
-    pixels = np.full(n, b"", dtype=object)
-    shape = np.zeros((n, 3), np.int32)
-    for i, img in enumerate(decoded["image"]):
-        if img is not None:
-            pixels[i], shape[i] = img.tobytes(), img.shape
-    return {"uri": decoded["uri"], "size": decoded["size"], "batch": decoded["batch"],
-            "row": decoded["row"], "pixels": pixels, "shape": shape, "status": decoded["status"],
-            "error": decoded["error"]}
-
-
 class _FeatureActor:
-    """Ray Data actor: features of decoded images (one method instance per actor)."""
+    """Ray Data actor: reads, decodes and extracts the features of a batch of listed files (one
+    method instance per actor).
 
-    def __init__(self, method: str, params: dict[str, Any]) -> None:
+    Reading and decoding happen here rather than in a map stage of their own: the decoded
+    pixels then never leave the process (between two map stages, even fused ones, Ray Data
+    turns them into an Arrow block and back), and only the features go on.
+    """
+
+    def __init__(self, method: str, params: dict[str, Any], storage: Storage, read: ReadConfig) -> None:
         # Extraction is numpy/OpenCV only: importing torch here would cost seconds per actor.
         self.method = get_method(method, params)
+        self.decode = DecodeImages(read)
+        self.storage = storage
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        ok = np.flatnonzero(batch["status"] == "ok")
-        images = [np.frombuffer(batch["pixels"][i], np.uint8).reshape(batch["shape"][i]) for i in ok]
+        decoded = self.decode(read_bytes_batch(batch, self.storage))
+        ok = np.flatnonzero(decoded["status"] == "ok")
+        images = [decoded["image"][i] for i in ok]
         feats = self.method.extract(images) if len(ok) else None
-        out = {k: batch[k] for k in ("uri", "size", "batch", "row", "status", "error")}
+        out = {k: decoded[k] for k in ("uri", "size", "batch", "row", "status", "error")}
         n = len(batch["uri"])
         if feats is None:
             feats = self.method.extract([np.zeros((64, 64, 3), np.uint8)])
@@ -339,11 +334,9 @@ def _run_batches(files: Sequence[FileInfo], batches: np.ndarray, pending: set[in
     # Rows come back roughly in listing order (= batch order); the driver buffers partial
     # batches, so strict ordering (which stalls the pipeline) is not needed.
     ds.context.execution_options.preserve_order = False
-    ds = ds.map_batches(_decode_batch, fn_kwargs={"storage": layout.storage,
-                                                  "read": config.read_config()},
-                        batch_size=_ROWS_PER_UDF_CALL, batch_format="numpy", num_cpus=0.5)
-    ds = ds.map_batches(_FeatureActor, fn_constructor_kwargs={"method": config.method,
-                                                              "params": dict(config.method_params)},
+    ds = ds.map_batches(_FeatureActor, fn_constructor_kwargs={
+                            "method": config.method, "params": dict(config.method_params),
+                            "storage": layout.storage, "read": config.read_config()},
                         batch_size=_ROWS_PER_UDF_CALL, batch_format="numpy", num_cpus=0.5,
                         compute=ray.data.ActorPoolStrategy(size=actors))
     batch_fn = ray.remote(_batch_task).options(num_cpus=1, num_gpus=0.25 if use_gpu else 0)
