@@ -54,7 +54,10 @@ def listing_dataset(files: Sequence[FileInfo], *, columns: dict[str, Sequence[An
     # take(), not slice(): a slice pickles the whole table's buffers with it.
     blocks = [table.take(pa.array(np.arange(i, min(i + step, len(files)))))
               for i in range(0, len(files), step)] or [table]
-    return ray.data.from_blocks(blocks)
+    # from_blocks is a DeveloperAPI: should a Ray release drop it, from_arrow does the same job
+    # (slower to start).
+    make = getattr(ray.data, "from_blocks", None) or ray.data.from_arrow
+    return make(blocks)
 
 
 def read_bytes_batch(batch: dict[str, np.ndarray], storage: Storage) -> dict[str, np.ndarray]:
