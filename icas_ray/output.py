@@ -158,9 +158,7 @@ def _thumbnail(data: bytes, side: int = 96) -> str | None:
 def thumbnails(uris: Sequence[str], storage: Storage) -> list[str | None]:
     """Base64 JPEG thumbnails of the given files (None where unreadable); remote files are
     read in threads."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from icas_ray.storage import is_remote
+    from icas_ray.storage import is_remote, map_io
 
     def one(uri: str) -> str | None:
         try:
@@ -168,10 +166,7 @@ def thumbnails(uris: Sequence[str], storage: Storage) -> list[str | None]:
         except (OSError, ValueError):
             return None
 
-    if not any(is_remote(u) for u in uris):
-        return [one(u) for u in uris]
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        return list(pool.map(one, uris))
+    return map_io(one, uris, remote=any(is_remote(u) for u in uris))
 
 
 _REPORT_CSS = """

@@ -22,9 +22,9 @@ import posixpath
 import shutil
 import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import fsspec
 
@@ -36,9 +36,13 @@ __all__ = [
     "Storage",
     "StorageOptions",
     "is_remote",
+    "map_io",
     "parse_storage_options",
     "sniff_image",
 ]
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +77,18 @@ def sniff_image(head: bytes) -> bool:
 def is_remote(uri: str) -> bool:
     """True for URIs of an object store (``s3://``), False for local paths and ``file://``."""
     return _scheme(uri) not in ("file", "local")
+
+
+def map_io(fn: Callable[[T], R], items: Sequence[T], *, remote: bool, threads: int = 16) -> list[R]:
+    """``fn`` over ``items``, results in order: in threads when the files are ``remote`` (each
+    call waits on a request), else one after another (a local call is a few system calls,
+    where threads only contend for the GIL)."""
+    if not remote or len(items) < 2:
+        return [fn(item) for item in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(threads, len(items))) as pool:
+        return list(pool.map(fn, items))
 
 
 def _scheme(uri: str) -> str:
@@ -367,34 +383,19 @@ class Storage:
         sibling, then renamed, so a crash never leaves a half file under the final name (which
         a resumed run would take as done)."""
         spath, dpath = self.fs(src)[1], self.fs(dst)[1]
-        folder = os.path.dirname(dpath)
-        tmp = os.path.join(folder, f".{os.path.basename(dpath)}.{uuid.uuid4().hex}.tmp")
+        os.makedirs(os.path.dirname(dpath), exist_ok=True)
+        tmp = os.path.join(os.path.dirname(dpath), f".{os.path.basename(dpath)}.{uuid.uuid4().hex}.tmp")
         try:
-            try:
-                shutil.copyfile(spath, tmp)
-            except FileNotFoundError:
-                if not os.path.isdir(folder):
-                    os.makedirs(folder, exist_ok=True)
-                    self._call(src, "copy", shutil.copyfile, spath, tmp)
-                else:
-                    raise
+            self._call(src, "copy", shutil.copyfile, spath, tmp)
             os.replace(tmp, dpath)
-        except Exception as e:
+        finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-            translated = self._translate(e, src, "copy")
-            if translated is e:
-                raise
-            raise translated from e
         if verify:
-            size, copied = os.stat(spath).st_size, os.stat(dpath).st_size
-            if size != copied:
-                raise StorageError(f"copy of {src!r} to {dst!r} is incomplete ({copied} of {size} bytes)")
+            _check_copy(src, dst, os.stat(spath).st_size, os.stat(dpath).st_size)
 
     def _verify(self, src: str, dst: str) -> None:
-        s, d = self.size(src), self.size(dst)
-        if s != d:
-            raise StorageError(f"copy of {src!r} to {dst!r} is incomplete ({d} of {s} bytes)")
+        _check_copy(src, dst, self.size(src), self.size(dst))
 
     def move(self, src: str, dst: str) -> None:
         """Move one file; the source is deleted only after the copy is verified.
@@ -422,3 +423,8 @@ class Storage:
         fs, path = self.fs(uri)
         if self._call(uri, "check", fs.exists, path):
             self._call(uri, "delete", fs.rm, path, recursive=True)
+
+
+def _check_copy(src: str, dst: str, size: int, copied: int) -> None:
+    if size != copied:
+        raise StorageError(f"copy of {src!r} to {dst!r} is incomplete ({copied} of {size} bytes)")

@@ -63,7 +63,8 @@ def signature_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     The equality flags of a block, one byte each, are read as 64-bit words (8 flags a word)
     and summed word-wise; one multiply then adds the 8 bytes of each sum. That avoids numpy's
     slow reduction over a short trailing axis. MinHash values are below 2**32 and are compared
-    as ``uint32`` (signatures are stored so); signatures are padded to a multiple of 8 with values that never match.
+    as ``uint32`` (signatures are stored so); signatures are padded to a multiple of 8 with
+    values that never match.
     """
     p = a.shape[1]
     pad = (-p) % 8

@@ -3,9 +3,9 @@
 Matches ``skimage.metrics.structural_similarity(x, y)`` for uint8 grey images (7x7 uniform
 window, sample covariance, data range 255, mean over the window-valid interior): the interior
 of ``uniform_filter`` is a plain box mean, which we compute for whole blocks of pairs at once
-as two matrix products with banded matrices. Per image, the means, variances and every other per-image term of the
-formula are computed once (at extraction); per pair only the cross term ``box(x * y)`` and the
-formula remain.
+as two matrix products with banded matrices. Per image, the means, variances and every other
+per-image term of the formula are computed once (at extraction); per pair only the cross term
+``box(x * y)`` and the formula remain.
 
 Images are brought to one size first (default 32x32, which clusters the generated digits as
 well as 64x64 at a quarter of the cost): the original scored two images that differ by a pixel
@@ -39,32 +39,6 @@ class SSIMParams:
     win_size: int = 7
 
 
-def _box_sum(x: np.ndarray, w: int) -> np.ndarray:
-    """Sum over every w x w window fully inside the last two axes (summed-area table)."""
-    c = np.zeros(x.shape[:-2] + (x.shape[-2] + 1, x.shape[-1] + 1), x.dtype)
-    np.cumsum(x, axis=-2, out=c[..., 1:, 1:])
-    np.cumsum(c[..., 1:, 1:], axis=-1, out=c[..., 1:, 1:])
-    s = c[..., w:, w:] - c[..., :-w, w:]
-    s -= c[..., w:, :-w]
-    s += c[..., :-w, :-w]
-    return s
-
-
-def _stats(x: np.ndarray, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-image window means and sample variances (float64) of centred images."""
-    x = x.astype(np.float64)
-    n = w * w
-    mu = _box_sum(x, w) / n
-    var = n / (n - 1.0) * (_box_sum(x * x, w) / n - mu * mu)
-    return mu, var
-
-
-def window_stats(images: np.ndarray, win_size: int = 7) -> tuple[np.ndarray, np.ndarray]:
-    """Window means (of the images centred at 128) and sample variances: two
-    ``(N, H - w + 1, W - w + 1)`` arrays."""
-    return _stats(images.astype(np.float32) - 128.0, win_size)
-
-
 @functools.lru_cache(maxsize=16)
 def _band(n: int, w: int) -> np.ndarray:
     """``(n - w + 1, n)`` float32: row i sums inputs i .. i + w - 1 (a box filter as a matrix)."""
@@ -76,8 +50,7 @@ def _band(n: int, w: int) -> np.ndarray:
 
 
 def _box_sum_t(x: np.ndarray, w: int) -> np.ndarray:
-    """Window sums of ``(..., H, W)`` float32 images, **transposed**: ``(..., W - w + 1,
-    H - w + 1)``.
+    """Window sums of ``(..., H, W)`` images, **transposed**: ``(..., W - w + 1, H - w + 1)``.
 
     Two matrix products with banded 0/1 matrices (one per axis) run in BLAS: about twice as
     fast per pair as summed-area tables, whose cumulative sums are memory-bound.
@@ -89,6 +62,22 @@ def _box_sum_t(x: np.ndarray, w: int) -> np.ndarray:
     return (cols.reshape(-1, h) @ _band(h, w).T).reshape(*lead, wd - w + 1, h - w + 1)
 
 
+def _stats(x: np.ndarray, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image window means and sample variances (float64, transposed like
+    :func:`_box_sum_t`) of centred images."""
+    x = x.astype(np.float64)
+    n = w * w
+    mu = _box_sum_t(x, w) / n
+    var = n / (n - 1.0) * (_box_sum_t(x * x, w) / n - mu * mu)
+    return mu, var
+
+
+def window_stats(images: np.ndarray, win_size: int = 7) -> tuple[np.ndarray, np.ndarray]:
+    """Window means (of the images centred at 128) and sample variances: two
+    ``(N, W - w + 1, H - w + 1)`` arrays (windows transposed, as the pair sums come)."""
+    return _stats(images.astype(np.float32) - 128.0, win_size)
+
+
 def ssim_terms(images: np.ndarray, win_size: int = 7) -> dict[str, np.ndarray]:
     """The per-image parts of the SSIM formula (float32), computed once per image.
 
@@ -98,7 +87,6 @@ def ssim_terms(images: np.ndarray, win_size: int = 7) -> dict[str, np.ndarray]:
     """
     c1, c2 = (_K1 * _DATA_RANGE) ** 2, (_K2 * _DATA_RANGE) ** 2
     mu, var = window_stats(images, win_size)
-    mu, var = mu.swapaxes(-1, -2), var.swapaxes(-1, -2)
     f32 = np.float32
     mean = mu + 128.0
     return {"cen": images.astype(f32) - f32(128.0), "cmu": np.ascontiguousarray(mu, f32),

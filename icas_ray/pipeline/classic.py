@@ -50,8 +50,6 @@ __all__ = ["cluster", "default_output"]
 logger = logging.getLogger(__name__)
 
 STATE_VERSION = 1
-#: Threads per writer task.
-_WRITER_THREADS = 16
 #: Rows per Ray Data batch for decoding and features.
 _ROWS_PER_UDF_CALL = 64
 
@@ -151,20 +149,15 @@ class _MergeActor:
         return merge_batches(list(self.results.values()), self.method, self.threshold,
                              strategy=self.config.strategy,
                              time_limit_s=self.config.time_limit_s, device=self.device,
-                             threads=len(os.sched_getaffinity(0)))
+                             threads=os.cpu_count() or 1)
 
 
 def _write_task(items: list[tuple[str, str, int | None]], mode: str, storage: Storage,
                 ) -> list[tuple[str, str]]:
-    """Transfer files; returns ``(dst, "done"|"skipped"|"error: ...")`` per file.
-
-    Remote copies are latency-bound and run in threads; local ones are a few system calls
-    each, where threads only contend for the GIL.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
+    """Transfer files (remote ones in threads: see :func:`icas_ray.storage.map_io`); returns
+    ``(dst, "done"|"skipped"|"error: ...")`` per file."""
     from icas_ray.errors import IcasError
-    from icas_ray.storage import is_remote
+    from icas_ray.storage import is_remote, map_io
 
     def one(item: tuple[str, str, int | None]) -> tuple[str, str]:
         src, dst, existing = item
@@ -173,10 +166,8 @@ def _write_task(items: list[tuple[str, str, int | None]], mode: str, storage: St
         except (OSError, IcasError) as e:
             return dst, f"error: {e}"
 
-    if not any(is_remote(src) or is_remote(dst) for src, dst, _ in items[:1]):
-        return [one(item) for item in items]
-    with ThreadPoolExecutor(max_workers=_WRITER_THREADS) as pool:
-        return list(pool.map(one, items))
+    remote = bool(items) and (is_remote(items[0][0]) or is_remote(items[0][1]))
+    return map_io(one, items, remote=remote)
 
 
 def _thumbs_task(uris: list[str], storage: Storage) -> list[str | None]:

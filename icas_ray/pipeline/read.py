@@ -29,17 +29,15 @@ STATUS_ERROR = "error"
 #: Rows per Ray Data block of the listing: small enough to spread reads over workers, large
 #: enough that per-block overhead stays small.
 _ROWS_PER_BLOCK = 128
-#: Concurrent reads per batch of remote files.
-_READ_THREADS = 16
 
 
 def listing_dataset(files: Sequence[FileInfo], *, columns: dict[str, Sequence[Any]] | None = None,
-                    rows_per_block: int = _ROWS_PER_BLOCK) -> ray.data.Dataset:
+                    ) -> ray.data.Dataset:
     """A Dataset with one row per file: ``uri``, ``size`` and any extra ``columns``.
 
-    The rows are cut into blocks of ``rows_per_block``, so that the reading spreads over
-    workers from the start. ``from_blocks`` keeps those blocks as they are
-    and reads their metadata here; ``from_arrow`` would start a remote task per block for it
+    The rows are cut into blocks of ``_ROWS_PER_BLOCK``, so that the reading spreads over
+    workers from the start. ``from_blocks`` keeps those blocks as they are and reads their
+    metadata here; ``from_arrow`` would start a remote task per block for it
     (about 2 s on a 2-CPU machine whose workers are not started yet).
     """
     import pyarrow as pa
@@ -52,7 +50,7 @@ def listing_dataset(files: Sequence[FileInfo], *, columns: dict[str, Sequence[An
     for name, values in (columns or {}).items():
         items[name] = pa.array(np.asarray(values))
     table = pa.table(items)
-    step = max(1, rows_per_block)
+    step = _ROWS_PER_BLOCK
     # take(), not slice(): a slice pickles the whole table's buffers with it.
     blocks = [table.take(pa.array(np.arange(i, min(i + step, len(files)))))
               for i in range(0, len(files), step)] or [table]
@@ -63,32 +61,23 @@ def listing_dataset(files: Sequence[FileInfo], *, columns: dict[str, Sequence[An
 
 
 def read_bytes_batch(batch: dict[str, np.ndarray], storage: Storage) -> dict[str, np.ndarray]:
-    """Ray Data UDF: add ``bytes``, ``status`` and ``error`` columns by reading each ``uri``.
-
-    Remote files (S3) are read in threads: each read is a request whose latency dominates.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
+    """Ray Data UDF: add ``bytes``, ``status`` and ``error`` columns by reading each ``uri``
+    (remote files in threads: see :func:`icas_ray.storage.map_io`)."""
     from icas_ray.errors import IcasError
-    from icas_ray.storage import is_remote
+    from icas_ray.storage import is_remote, map_io
 
-    uris = batch["uri"]
+    uris = [str(u) for u in batch["uri"]]
     data = np.empty(len(uris), dtype=object)
     status = np.full(len(uris), STATUS_OK, dtype=object)
     error = np.full(len(uris), "", dtype=object)
 
     def read(i: int) -> None:
         try:
-            data[i] = storage.read_bytes(str(uris[i]))
+            data[i] = storage.read_bytes(uris[i])
         except (OSError, IcasError) as e:
             data[i], status[i], error[i] = b"", STATUS_ERROR, f"unreadable ({e})"
 
-    if len(uris) > 1 and is_remote(str(uris[0])):
-        with ThreadPoolExecutor(max_workers=min(_READ_THREADS, len(uris))) as pool:
-            list(pool.map(read, range(len(uris))))
-    else:
-        for i in range(len(uris)):
-            read(i)
+    map_io(read, range(len(uris)), remote=bool(uris) and is_remote(uris[0]))
     return {**batch, "bytes": data, "status": status, "error": error}
 
 
