@@ -379,7 +379,7 @@ class Storage:
             self._verify(src, dst)
 
     def _copy_local(self, src: str, dst: str, verify: bool) -> None:
-        """Local copy with plain os calls (a third of fsspec's per-file cost): to a temporary
+        """Local copy with plain os calls (fsspec's per-file overhead skipped): to a temporary
         sibling, then renamed, so a crash never leaves a half file under the final name (which
         a resumed run would take as done)."""
         spath, dpath = self.fs(src)[1], self.fs(dst)[1]

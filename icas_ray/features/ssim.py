@@ -52,8 +52,8 @@ def _band(n: int, w: int) -> np.ndarray:
 def _box_sum_t(x: np.ndarray, w: int) -> np.ndarray:
     """Window sums of ``(..., H, W)`` images, **transposed**: ``(..., W - w + 1, H - w + 1)``.
 
-    Two matrix products with banded 0/1 matrices (one per axis) run in BLAS: about twice as
-    fast per pair as summed-area tables, whose cumulative sums are memory-bound.
+    Two matrix products with banded 0/1 matrices (one per axis) run in BLAS, where the
+    cumulative sums of summed-area tables are bound by memory traffic.
     """
     h, wd = x.shape[-2:]
     lead = x.shape[:-2]
