@@ -121,16 +121,20 @@ def representatives(labels: np.ndarray, *, per_cluster: int, include_outliers: b
     idx: list[np.ndarray] = []
     unit: list[np.ndarray] = []
     if n_clusters:
-        order = np.argsort(labels, kind="stable")
-        sorted_labels = labels[order]
-        starts = np.searchsorted(sorted_labels, np.arange(n_clusters))
-        ends = np.searchsorted(sorted_labels, np.arange(n_clusters), side="right")
-        for c, (s, e) in enumerate(zip(starts, ends)):
-            members = order[s:e]
-            k = max(1, min(per_cluster, len(members)))
-            pick = members[np.unique(np.linspace(0, len(members) - 1, k).round().astype(int))]
-            idx.append(pick)
-            unit.append(np.full(len(pick), c))
+        members = np.argsort(labels, kind="stable")  # by cluster, members in batch order
+        members = members[labels[members] >= 0]
+        size = np.bincount(labels[members], minlength=n_clusters)
+        start = np.concatenate([[0], np.cumsum(size)[:-1]])
+        k = np.minimum(per_cluster, size)
+        # The j-th of k picks sits at round(j (size - 1) / (k - 1)) of its cluster, the last
+        # at its end (as np.linspace spaces them; k <= size, so no two picks coincide); one
+        # pick is the first member.
+        c = np.repeat(np.arange(n_clusters), k)
+        j = np.arange(len(c)) - np.repeat(np.cumsum(k) - k, k)
+        step = (size - 1) / np.maximum(k - 1, 1)
+        pos = np.where((j == k[c] - 1) & (k[c] > 1), size[c] - 1, np.round(j * step[c])).astype(np.int64)
+        idx.append(members[start[c] + pos])
+        unit.append(c)
     if include_outliers:
         outliers = np.flatnonzero(labels == OUTLIER)
         idx.append(outliers)

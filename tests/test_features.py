@@ -12,6 +12,7 @@ from icas_ray.features import get_method, method_names
 from icas_ray.features.ssim import ssim_matrix, ssim_matrix_torch
 from icas_ray.features.tm import tm_matrix, tm_matrix_torch
 from icas_ray.graph import build_edges, cluster_labels, components
+from icas_ray.images import ReadConfig
 
 RNG = np.random.default_rng(0)
 
@@ -61,36 +62,60 @@ def test_imagehash_matches_library_distance():  # type: ignore[no-untyped-def]
     assert sim.min() >= 0 and sim.max() <= 1  # bits, not rows: the original's defect is gone
 
 
-def test_minhash_matches_datasketch_jaccard():  # type: ignore[no-untyped-def]
+def _datasketch_minhash(gray):  # type: ignore[no-untyped-def]
     from datasketch import MinHash
 
     from icas_ray.features.minhash import MinHashParams, corner_indices
 
-    imgs = [np.repeat(g[..., None], 3, 2) for g in _images(4, 64)]
-    m = get_method("minhash")
-    sim = m.pairwise(m.extract(imgs), m.extract(imgs))
-    mhs = []
-    for img in imgs:
-        mh = MinHash(num_perm=128, seed=1)
-        mh.update_batch([v.tobytes() for v in corner_indices(img[..., 0], MinHashParams()).astype("<u4")])
-        mhs.append(mh)
+    mh = MinHash(num_perm=128, seed=1)
+    mh.update_batch([v.tobytes() for v in corner_indices(gray, MinHashParams()).astype("<u4")])
+    return mh
+
+
+@pytest.mark.parametrize("read", [None, ReadConfig(scale=1.0)], ids=["grid", "scale"])
+def test_minhash_matches_datasketch_jaccard(read):  # type: ignore[no-untyped-def]
+    """On the default 128x128 grid (positions as signatures) and without one (hash values),
+    the similarity is datasketch's Jaccard estimate."""
+    imgs = [np.repeat(g[..., None], 3, 2) for g in _images(4, 128)]
+    imgs[2] = imgs[2][:64, :96]  # another size: brought to the grid, or kept as it is
+    m = get_method("minhash", read=read)
+    feats = m.extract(imgs)
+    assert feats["signature"].dtype == (np.uint16 if read is None else np.uint32)
+    sim = m.pairwise(feats, m.extract(imgs[::-1]))[:, ::-1]
+    grays = [img[..., 0] if read is not None or img.shape[:2] == (128, 128)
+             else cv2.resize(img, (128, 128), interpolation=cv2.INTER_LINEAR)[..., 0] for img in imgs]
+    mhs = [_datasketch_minhash(g) for g in grays]
     ref = np.array([[a.jaccard(b) for b in mhs] for a in mhs])
     np.testing.assert_allclose(sim, ref, atol=1e-6)
+    assert sim[0, 1] > 0.5 and sim[0, 2] < 0.1  # the near-duplicate pair, and not the others
 
 
 def test_minhash_signatures_are_datasketchs():  # type: ignore[no-untyped-def]
-    """The per-position hash table gives datasketch's own MinHash values, bit for bit."""
+    """Signatures are datasketch's own MinHash values bit for bit, or (on a grid) the positions
+    whose hashes they are."""
     from datasketch import MinHash
 
-    from icas_ray.features.minhash import MinHashParams, corner_indices
-
-    imgs = [np.repeat(g[..., None], 3, 2) for g in _images(6, 64)]
-    m = get_method("minhash")
-    first, again = m.extract(imgs)["signature"], m.extract(imgs[::-1])["signature"][::-1]
-    for img, sig, sig2 in zip(imgs, first, again):
-        mh = MinHash(num_perm=128, seed=1)
-        mh.update_batch([v.tobytes() for v in corner_indices(img[..., 0], MinHashParams()).astype("<u4")])
+    imgs = [np.repeat(g[..., None], 3, 2) for g in _images(6, 128)]
+    grid, values = get_method("minhash"), get_method("minhash", read=ReadConfig(scale=1.0))
+    first, again = values.extract(imgs)["signature"], values.extract(imgs[::-1])["signature"][::-1]
+    ids = grid.extract(imgs)["signature"]
+    for img, sig, sig2, pos in zip(imgs, first, again, ids):
+        mh = _datasketch_minhash(img[..., 0])
         assert np.array_equal(sig, mh.hashvalues) and np.array_equal(sig2, mh.hashvalues)
+        of_position = []
+        for k, p in enumerate(pos):
+            one = MinHash(num_perm=128, seed=1)
+            one.update(np.uint32(p).astype("<u4").tobytes())
+            of_position.append(one.hashvalues[k])
+        assert np.array_equal(of_position, mh.hashvalues)
+
+
+def test_minhash_positions_need_an_affine_scheme():  # type: ignore[no-untyped-def]
+    from icas_ray.features.minhash import _positions_identify_values
+
+    assert _positions_identify_values(128, 1, 128 * 128)
+    assert get_method("minhash", read=ReadConfig(size=(300, 300))).extract(
+        [np.zeros((300, 300, 3), np.uint8)])["signature"].dtype == np.uint32  # over 16 bits
 
 
 def test_orb_similarity_identical_and_different():  # type: ignore[no-untyped-def]
@@ -185,3 +210,58 @@ def test_signature_similarity_any_length(num_perm):  # type: ignore[no-untyped-d
     sig = np.random.default_rng(num_perm).integers(0, 3, (40, num_perm)).astype(np.uint64)
     ref = (sig[:, None, :] == sig[None]).mean(axis=2)
     np.testing.assert_allclose(signature_similarity(sig, sig), ref, atol=1e-6)
+
+
+def _scipy_components(n, a, b):  # type: ignore[no-untyped-def]
+    """The reference: scipy's connected components, numbered by first node."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    _, labels = connected_components(coo_matrix((np.ones(len(a)), (a, b)), shape=(n, n)), directed=False)
+    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
+    return np.argsort(np.argsort(first))[inverse]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_components_match_scipy(seed):  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(seed)
+    cases = [(1, np.zeros(0, int), np.zeros(0, int)), (5, np.array([3, 3]), np.array([3, 3]))]
+    for n in (2, 7, 50, 300, 3000):
+        for m in (0, n // 3, n, 4 * n):
+            cases.append((n, rng.integers(0, n, m), rng.integers(0, n, m)))
+    chain = rng.permutation(3000)  # one long path through the nodes in random order
+    cases.append((3000, chain[:-1], chain[1:]))
+    cases.append((3000, np.arange(2999, 0, -1), np.arange(2998, -1, -1)))  # a path, descending
+    cases.append((3000, np.zeros(2999, int), np.arange(1, 3000)))  # a star
+    for n, a, b in cases:
+        got = components(n, a, b)
+        assert got.dtype == np.int32
+        np.testing.assert_array_equal(got, _scipy_components(n, a, b))
+
+
+@pytest.mark.parametrize("per_cluster", [1, 2, 3, 8, 32])
+def test_representatives_spread_over_each_cluster(per_cluster):  # type: ignore[no-untyped-def]
+    from icas_ray.clustering import representatives
+
+    rng = np.random.default_rng(per_cluster)
+    labels = rng.integers(-1, 12, 400).astype(np.int32)
+    labels[labels == 11] = 3  # one large cluster
+    idx, unit = representatives(labels, per_cluster=per_cluster, include_outliers=True)
+    n_clusters = int(labels.max()) + 1
+    expect_idx, expect_unit = [], []
+    for c in range(n_clusters):
+        members = np.flatnonzero(labels == c)
+        k = min(per_cluster, len(members))
+        pick = members[np.unique(np.linspace(0, len(members) - 1, k).round().astype(int))]
+        assert pick[0] == members[0] and (k == 1 or pick[-1] == members[-1])
+        expect_idx.append(pick)
+        expect_unit.append(np.full(len(pick), c))
+    outliers = np.flatnonzero(labels == -1)
+    expect_idx.append(outliers)
+    expect_unit.append(n_clusters + np.arange(len(outliers)))
+    np.testing.assert_array_equal(idx, np.concatenate(expect_idx))
+    np.testing.assert_array_equal(unit, np.concatenate(expect_unit))
+    idx, unit = representatives(labels, per_cluster=per_cluster, include_outliers=False)
+    np.testing.assert_array_equal(idx, np.concatenate(expect_idx[:-1]))
+    none = representatives(np.full(5, -1, np.int32), per_cluster=per_cluster, include_outliers=False)
+    assert len(none[0]) == len(none[1]) == 0

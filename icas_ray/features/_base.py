@@ -41,8 +41,10 @@ def method_names() -> list[str]:
     return sorted(_REGISTRY, key=str.lower)
 
 
-def get_method(name: str, params: dict[str, Any] | None = None) -> FeatureMethod:
-    """An instance of the method ``name`` with ``params`` overriding its defaults.
+def get_method(name: str, params: dict[str, Any] | None = None,
+               read: ReadConfig | None = None) -> FeatureMethod:
+    """An instance of the method ``name`` with ``params`` overriding its defaults, for images
+    read with ``read`` (None: the method's ``default_read``).
 
     Raises:
         ConfigError: unknown method or unknown/invalid parameter.
@@ -51,7 +53,7 @@ def get_method(name: str, params: dict[str, Any] | None = None) -> FeatureMethod
     if key is None:
         raise ConfigError(f"unknown method {name!r}: must be one of {', '.join(method_names())}")
     cls = _REGISTRY[key]
-    return cls(cls.make_params(params or {}))
+    return cls(cls.make_params(params or {}), read)
 
 
 class FeatureMethod(ABC):
@@ -77,8 +79,10 @@ class FeatureMethod(ABC):
     #: Whether a torch kernel exists (used on GPU nodes).
     has_torch: ClassVar[bool] = False
 
-    def __init__(self, params: Any) -> None:
+    def __init__(self, params: Any, read: ReadConfig | None = None) -> None:
         self.params = params
+        #: How this instance's images are read: the job's --size/--scale, else ``default_read``.
+        self.read = read if read is not None else self.default_read
 
     @classmethod
     def make_params(cls, values: dict[str, Any]) -> Any:
@@ -99,7 +103,7 @@ class FeatureMethod(ABC):
 
     @abstractmethod
     def extract(self, images: Sequence[np.ndarray]) -> Features:
-        """Features of ``(H, W, 3) uint8`` RGB images (already read with ``default_read``)."""
+        """Features of ``(H, W, 3) uint8`` RGB images (already read with ``self.read``)."""
 
     @abstractmethod
     def pairwise(self, a: Features, b: Features) -> np.ndarray:

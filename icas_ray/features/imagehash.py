@@ -82,10 +82,10 @@ class ImageHashMethod(FeatureMethod):
     default_read = ReadConfig(max_side=512)
     cheap = True
 
-    def __init__(self, params: ImageHashParams) -> None:
+    def __init__(self, params: ImageHashParams, read: ReadConfig | None = None) -> None:
         positive_int(self.name, "hash_size", params.hash_size, 2)
         positive_int(self.name, "highfreq_factor", params.highfreq_factor, 1)
-        super().__init__(params)
+        super().__init__(params, read)
 
     @property
     def n_bits(self) -> int:

@@ -6,10 +6,20 @@ datasketch MinHash (``num_perm`` permutations) summarises it. Similarity = the s
 MinHash values, an estimate of the Jaccard index of the two corner sets, in [0, 1].
 
 Corner indices are positions, so images are brought to one size first (default 128x128).
+
+Signatures hold, per permutation, the *position* whose permuted hash is the smallest rather
+than that hash. Equal positions mean equal MinHash values and, under datasketch's default
+(affine) permutations, equal values mean equal positions: a position's permuted hash is a
+bijection of its 32-bit SHA-1 hash (odd multiplier), and that hash is checked to be distinct
+over all positions of the grid. So the share of equal entries is exactly datasketch's Jaccard
+estimate, and on a grid of at most 65536 pixels (256x256) the entries fit 16 bits: half the
+bytes of the hash values for the pairwise comparison to read. Without a fixed read size (a
+``--scale`` job), or where the check fails, signatures are the hash values themselves.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,13 +28,15 @@ import cv2
 import numpy as np
 
 from icas_ray.features._base import Features, FeatureMethod, positive_int, register
-from icas_ray.images import ReadConfig, to_gray
+from icas_ray.images import ReadConfig, resize, to_gray
 
 __all__ = ["MinHashMethod", "corner_indices", "signature_similarity"]
 
 _BLOCK_BYTES = 32 * 2**20
 #: Largest per-position hash table kept (128x128 positions x 128 permutations: 8 MiB).
 _TABLE_BYTES = 128 * 2**20
+#: Largest grid whose signatures are positions (16-bit).
+_MAX_ID_POSITIONS = 2**16
 
 
 @dataclass(frozen=True)
@@ -54,6 +66,22 @@ def corner_indices(gray: np.ndarray, p: MinHashParams) -> np.ndarray:
     return np.sort(np.argsort(response, kind="stable")[-n:])
 
 
+@functools.lru_cache(maxsize=8)
+def _positions_identify_values(num_perm: int, seed: int, positions: int) -> bool:
+    """Whether positions ``0 .. positions - 1`` have distinct MinHash values under every
+    permutation (see the module docstring): an affine scheme with odd multipliers, and
+    distinct 32-bit hashes of the positions."""
+    from datasketch import MinHash
+
+    mh = MinHash(num_perm=num_perm, seed=seed)
+    if getattr(mh, "scheme", None) not in ("affine32", "affine64"):
+        return False
+    if not (np.asarray(mh.permutations[0]) & 1).all():
+        return False
+    hashes = {mh.hashfunc(v.tobytes()) for v in np.arange(positions, dtype="<u4")}
+    return len(hashes) == positions
+
+
 _BYTE_SUM = np.uint64(0x0101010101010101)
 
 
@@ -62,13 +90,14 @@ def signature_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
     The equality flags of a block, one byte each, are read as 64-bit words (8 flags a word)
     and summed word-wise; one multiply then adds the 8 bytes of each sum. That avoids numpy's
-    slow reduction over a short trailing axis. MinHash values are below 2**32 and are compared
-    as ``uint32`` (signatures are stored so); signatures are padded to a multiple of 8 with
-    values that never match.
+    slow reduction over a short trailing axis. Signatures (16-bit positions or 32-bit hash
+    values) are compared in their own dtype; they are padded to a multiple of 8 with values
+    that never match.
     """
     p = a.shape[1]
     pad = (-p) % 8
-    a32, b32 = a.astype(np.uint32, copy=False), b.astype(np.uint32, copy=False)
+    dtype = np.result_type(a.dtype, b.dtype)
+    a32, b32 = a.astype(dtype, copy=False), b.astype(dtype, copy=False)
     if pad:
         a32 = np.pad(a32, ((0, 0), (0, pad)), constant_values=0)
         b32 = np.pad(b32, ((0, 0), (0, pad)), constant_values=1)
@@ -104,23 +133,40 @@ class MinHashMethod(FeatureMethod):
     # tenth of the merge's comparisons (benchmarks/cluster.md).
     merge_reps = 8
 
-    def __init__(self, params: MinHashParams) -> None:
+    def __init__(self, params: MinHashParams, read: ReadConfig | None = None) -> None:
         positive_int(self.name, "num_perm", params.num_perm, 1)
         positive_int(self.name, "top_n_corners", params.top_n_corners, 1)
-        super().__init__(params)
+        super().__init__(params, read)
         self._template: Any = None
         self._tables: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        #: ``(width, height)`` every image is brought to when signatures are positions.
+        self._grid: tuple[int, int] | None = None
+        size = self.read.size
+        if size is not None and size[0] * size[1] <= _MAX_ID_POSITIONS and \
+                _positions_identify_values(params.num_perm, params.seed, size[0] * size[1]):
+            self._grid = (int(size[0]), int(size[1]))
 
     def extract(self, images: Sequence[np.ndarray]) -> Features:
         p = self.params
-        sigs = np.empty((len(images), p.num_perm), np.uint32)
+        if self._grid is None:
+            sigs = np.empty((len(images), p.num_perm), np.uint32)
+            for i, img in enumerate(images):
+                gray = to_gray(img)
+                idx = corner_indices(gray, p)
+                # A MinHash is the element-wise minimum of its elements' permuted hashes, and
+                # the elements are pixel positions: each position's hashes are computed once
+                # (by datasketch itself) and a signature is a minimum over table rows.
+                sigs[i] = self._position_hashes(gray.size, idx).min(axis=0)
+            return {"signature": sigs}
+        w, h = self._grid
+        sigs = np.empty((len(images), p.num_perm), np.uint16)
+        cols = np.arange(p.num_perm)
         for i, img in enumerate(images):
             gray = to_gray(img)
+            if gray.shape != (h, w):  # the pipeline reads at the grid already
+                gray = resize(gray, (w, h))
             idx = corner_indices(gray, p)
-            # A MinHash is the element-wise minimum of its elements' permuted hashes, and the
-            # elements are pixel positions: each position's hashes are computed once (by
-            # datasketch itself) and a signature is a minimum over table rows.
-            sigs[i] = self._position_hashes(gray.size, idx).min(axis=0)
+            sigs[i] = idx[self._position_hashes(w * h, idx).argmin(axis=0)]
         return {"signature": sigs}
 
     def _position_hashes(self, positions: int, idx: np.ndarray) -> np.ndarray:

@@ -54,9 +54,9 @@ class ORBMethod(FeatureMethod):
     default_strategy = "connected"
     merge_reps = 2
 
-    def __init__(self, params: ORBParams) -> None:
+    def __init__(self, params: ORBParams, read: ReadConfig | None = None) -> None:
         positive_int(self.name, "nfeatures", params.nfeatures, 1)
-        super().__init__(params)
+        super().__init__(params, read)
 
     def extract(self, images: Sequence[np.ndarray]) -> Features:
         orb = cv2.ORB_create(nfeatures=self.params.nfeatures)

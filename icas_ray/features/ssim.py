@@ -190,11 +190,11 @@ class SSIMMethod(FeatureMethod):
     threshold_range = (-1.0, 1.0)
     has_torch = True
 
-    def __init__(self, params: SSIMParams) -> None:
+    def __init__(self, params: SSIMParams, read: ReadConfig | None = None) -> None:
         if params.win_size < 3 or params.win_size % 2 == 0:
             raise ConfigError(f"parameter win_size={params.win_size} of method SSIM is invalid: "
                               "expected an odd number >= 3")
-        super().__init__(params)
+        super().__init__(params, read)
 
     def extract(self, images: Sequence[np.ndarray]) -> Features:
         grey = [to_gray(img) for img in images]

@@ -85,7 +85,7 @@ class _FeatureActor:
 
     def __init__(self, method: str, params: dict[str, Any], storage: Storage, read: ReadConfig) -> None:
         # Extraction is numpy/OpenCV only: importing torch here would cost seconds per actor.
-        self.method = get_method(method, params)
+        self.method = get_method(method, params, read)
         self.decode = DecodeImages(read)
         self.storage = storage
 

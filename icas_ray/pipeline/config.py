@@ -94,10 +94,10 @@ class ClusterConfig:
         self.read_config()  # validates size / scale
 
     def feature_method(self):  # type: ignore[no-untyped-def]
-        return get_method(self.method, dict(self.method_params))
+        return get_method(self.method, dict(self.method_params), read=self.read_config())
 
     def read_config(self) -> ReadConfig:
-        base = self.feature_method().default_read
+        base = get_method(self.method, dict(self.method_params)).default_read
         if self.size is not None:
             return ReadConfig(size=tuple(self.size), max_pixels=self.max_pixels)  # type: ignore[arg-type]
         if self.scale is not None:
