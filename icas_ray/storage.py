@@ -379,18 +379,13 @@ class Storage:
             self._verify(src, dst)
 
     def _copy_local(self, src: str, dst: str, verify: bool) -> None:
-        """Local copy with plain os calls (fsspec's per-file overhead skipped): to a temporary
-        sibling, then renamed, so a crash never leaves a half file under the final name (which
-        a resumed run would take as done)."""
+        """Local copy with plain os calls (fsspec's per-file overhead skipped), straight under
+        its final name: a copy cut short is shorter than its source, and a resumed run
+        compares sizes before it skips a file (:func:`icas_ray.output.transfer_one`). A
+        temporary name and a rename would cost each file a directory update more."""
         spath, dpath = self.fs(src)[1], self.fs(dst)[1]
         os.makedirs(os.path.dirname(dpath), exist_ok=True)
-        tmp = os.path.join(os.path.dirname(dpath), f".{os.path.basename(dpath)}.{uuid.uuid4().hex}.tmp")
-        try:
-            self._call(src, "copy", shutil.copyfile, spath, tmp)
-            os.replace(tmp, dpath)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        self._call(src, "copy", shutil.copyfile, spath, dpath)
         if verify:
             _check_copy(src, dst, os.stat(spath).st_size, os.stat(dpath).st_size)
 

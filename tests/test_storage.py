@@ -154,3 +154,20 @@ def test_storage_pickles_without_filesystems(tmp_path):  # type: ignore[no-untyp
     st.exists(str(tmp_path))
     clone = pickle.loads(pickle.dumps(st))
     assert clone.options == st.options and clone._fs_cache == {}
+
+
+@pytest.mark.parametrize("mode", ["copy", "move"])
+def test_a_copy_cut_short_is_redone_on_resume(tmp_path, mode):  # type: ignore[no-untyped-def]
+    """Local copies are written under their final name: what a crash leaves there is shorter
+    than the source, and a resumed transfer (which compares sizes) does it again."""
+    from icas_ray.output import transfer_one
+
+    st = Storage()
+    src, dst = str(tmp_path / "src.png"), str(tmp_path / "out" / "dst.png")
+    st.write_bytes(src, PNG * 10)
+    os.makedirs(os.path.dirname(dst))
+    with open(dst, "wb") as f:
+        f.write((PNG * 10)[:7])  # the crash
+    assert transfer_one(src, dst, mode, st, existing_size=7) == "done"
+    assert st.read_bytes(dst) == PNG * 10 and st.exists(src) == (mode == "copy")
+    assert transfer_one(src, dst, mode, st, existing_size=len(PNG * 10)) == "skipped"  # finished

@@ -26,19 +26,22 @@ logger = logging.getLogger(__name__)
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
 
-#: Rows per Ray Data block of the listing: small enough to spread reads over workers, large
-#: enough that per-block overhead stays small.
-_ROWS_PER_BLOCK = 128
+#: Rows per Ray Data block of the listing, at least and at most: small blocks spread the
+#: reading over workers from the start, large ones cost Ray Data less per row.
+MIN_ROWS_PER_BLOCK = 128
+MAX_ROWS_PER_BLOCK = 512
 
 
 def listing_dataset(files: Sequence[FileInfo], *, columns: dict[str, Sequence[Any]] | None = None,
-                    ) -> ray.data.Dataset:
+                    workers: int = 1) -> ray.data.Dataset:
     """A Dataset with one row per file: ``uri``, ``size`` and any extra ``columns``.
 
-    The rows are cut into blocks of ``_ROWS_PER_BLOCK``, so that the reading spreads over
-    workers from the start. ``from_blocks`` keeps those blocks as they are and reads their
-    metadata here; ``from_arrow`` would start a remote task per block for it
-    (about 2 s on a 2-CPU machine whose workers are not started yet).
+    The rows are cut into about 8 blocks per worker (``workers``: the actors or tasks that
+    will process them), of ``MIN_ROWS_PER_BLOCK`` to ``MAX_ROWS_PER_BLOCK`` rows: Ray Data
+    spends some milliseconds on every block, and 8 blocks each keep the workers evenly busy
+    to the end. ``from_blocks`` keeps those blocks as they are and reads their metadata
+    here; ``from_arrow`` would start a remote task per block for it (about 2 s on a 2-CPU
+    machine whose workers are not started yet).
     """
     import pyarrow as pa
     import ray.data
@@ -50,7 +53,7 @@ def listing_dataset(files: Sequence[FileInfo], *, columns: dict[str, Sequence[An
     for name, values in (columns or {}).items():
         items[name] = pa.array(np.asarray(values))
     table = pa.table(items)
-    step = _ROWS_PER_BLOCK
+    step = int(np.clip(-(-len(files) // (8 * max(1, workers))), MIN_ROWS_PER_BLOCK, MAX_ROWS_PER_BLOCK))
     # take(), not slice(): a slice pickles the whole table's buffers with it.
     blocks = [table.take(pa.array(np.arange(i, min(i + step, len(files)))))
               for i in range(0, len(files), step)] or [table]
