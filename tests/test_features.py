@@ -110,12 +110,23 @@ def test_minhash_signatures_are_datasketchs():  # type: ignore[no-untyped-def]
         assert np.array_equal(of_position, mh.hashvalues)
 
 
-def test_minhash_positions_need_an_affine_scheme():  # type: ignore[no-untyped-def]
-    from icas_ray.features.minhash import _positions_identify_values
+def test_minhash_positions_stand_for_values_only_where_they_can():  # type: ignore[no-untyped-def]
+    from icas_ray.features import minhash
 
-    assert _positions_identify_values(128, 1, 128 * 128)
-    assert get_method("minhash", read=ReadConfig(size=(300, 300))).extract(
-        [np.zeros((300, 300, 3), np.uint8)])["signature"].dtype == np.uint32  # over 16 bits
+    assert minhash._grid_hashes(128 * 128) is not None  # distinct hashes over the default grid
+    big = get_method("minhash", read=ReadConfig(size=(300, 300)))  # over 16 bits
+    assert big.extract([np.zeros((300, 300, 3), np.uint8)])["signature"].dtype == np.uint32
+    minhash._grid_hashes.cache_clear()
+    real = minhash._element_hashes
+    try:  # two positions with one hash: signatures fall back to the values themselves
+        minhash._element_hashes = lambda pos: real(np.asarray(pos) // 2)  # type: ignore[assignment]
+        m = get_method("minhash")
+        img = np.repeat(_images(2, 128)[0][..., None], 3, 2)
+        sig = m.extract([img])["signature"]
+        assert sig.dtype == np.uint32
+    finally:
+        minhash._element_hashes = real  # type: ignore[assignment]
+        minhash._grid_hashes.cache_clear()
 
 
 def test_orb_similarity_identical_and_different():  # type: ignore[no-untyped-def]

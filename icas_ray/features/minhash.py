@@ -2,27 +2,33 @@
 
 As in the original tool: the grey image's Harris response (``cv2.cornerHarris``, dilated) is
 computed, the flattened indices of its ``top_n_corners`` strongest pixels form a set, and a
-datasketch MinHash (``num_perm`` permutations) summarises it. Similarity = the share of equal
-MinHash values, an estimate of the Jaccard index of the two corner sets, in [0, 1].
+MinHash (``num_perm`` permutations) summarises it. Similarity = the share of equal MinHash
+values, an estimate of the Jaccard index of the two corner sets, in [0, 1].
+
+The MinHash is datasketch's (its default since 2.0): an element's hash is the first 4 bytes
+of its SHA-1, mixed by the MurmurHash3 finalizer, then permuted by ``a * h + b mod 2**32``
+with datasketch's seeded odd ``a`` and ``b``. It is computed here with numpy, without
+importing datasketch (half a second per worker process); the tests check it against
+datasketch bit for bit.
 
 Corner indices are positions, so images are brought to one size first (default 128x128).
 
 Signatures hold, per permutation, the *position* whose permuted hash is the smallest rather
-than that hash. Equal positions mean equal MinHash values and, under datasketch's default
-(affine) permutations, equal values mean equal positions: a position's permuted hash is a
-bijection of its 32-bit SHA-1 hash (odd multiplier), and that hash is checked to be distinct
-over all positions of the grid. So the share of equal entries is exactly datasketch's Jaccard
-estimate, and on a grid of at most 65536 pixels (256x256) the entries fit 16 bits: half the
-bytes of the hash values for the pairwise comparison to read. Without a fixed read size (a
-``--scale`` job), or where the check fails, signatures are the hash values themselves.
+than that hash. Equal positions mean equal MinHash values and, conversely, equal values mean
+equal positions: the finalizer and the permutations (odd ``a``) are bijections, and the
+positions' SHA-1 hashes are checked to be distinct over the grid. So the share of equal
+entries is exactly the Jaccard estimate, and on a grid of at most 65536 pixels (256x256) the
+entries fit 16 bits: half the bytes of the hash values for the pairwise comparison to read.
+Without a fixed read size (a ``--scale`` job), or where the check fails, signatures are the
+hash values themselves.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import cv2
 import numpy as np
@@ -33,8 +39,6 @@ from icas_ray.images import ReadConfig, resize, to_gray
 __all__ = ["MinHashMethod", "corner_indices", "signature_similarity"]
 
 _BLOCK_BYTES = 32 * 2**20
-#: Largest per-position hash table kept (128x128 positions x 128 permutations: 8 MiB).
-_TABLE_BYTES = 128 * 2**20
 #: Largest grid whose signatures are positions (16-bit).
 _MAX_ID_POSITIONS = 2**16
 
@@ -67,19 +71,41 @@ def corner_indices(gray: np.ndarray, p: MinHashParams) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=8)
-def _positions_identify_values(num_perm: int, seed: int, positions: int) -> bool:
-    """Whether positions ``0 .. positions - 1`` have distinct MinHash values under every
-    permutation (see the module docstring): an affine scheme with odd multipliers, and
-    distinct 32-bit hashes of the positions."""
-    from datasketch import MinHash
+def _permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """datasketch's affine permutations ``(a, b)``, ``(num_perm,) uint32`` each (``a`` odd)."""
+    gen = np.random.RandomState(seed)
+    a = gen.randint(0, 1 << 31, num_perm, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
+    b = gen.randint(0, 1 << 32, num_perm, dtype=np.uint32)
+    return a, b
 
-    mh = MinHash(num_perm=num_perm, seed=seed)
-    if getattr(mh, "scheme", None) not in ("affine32", "affine64"):
-        return False
-    if not (np.asarray(mh.permutations[0]) & 1).all():
-        return False
-    hashes = {mh.hashfunc(v.tobytes()) for v in np.arange(positions, dtype="<u4")}
-    return len(hashes) == positions
+
+def _element_hashes(positions: np.ndarray) -> np.ndarray:
+    """``(n,) uint32``: the mixed 32-bit SHA-1 hash of each position (as 4 little-endian bytes)."""
+    digests = b"".join(hashlib.sha1(v.tobytes()).digest()[:4]
+                       for v in np.asarray(positions).astype("<u4"))
+    h = np.frombuffer(digests, "<u4").astype(np.uint32)
+    h ^= h >> np.uint32(16)  # MurmurHash3's finalizer (a bijection of uint32)
+    h *= np.uint32(0x85EBCA6B)
+    h ^= h >> np.uint32(13)
+    h *= np.uint32(0xC2B2AE35)
+    h ^= h >> np.uint32(16)
+    return h
+
+
+@functools.lru_cache(maxsize=4)
+def _grid_hashes(positions: int) -> np.ndarray | None:
+    """Element hashes of positions ``0 .. positions - 1`` (read-only), or None if two of them
+    coincide (then positions cannot stand for values)."""
+    h = _element_hashes(np.arange(positions))
+    if len(np.unique(h)) != positions:
+        return None
+    h.flags.writeable = False
+    return h
+
+
+def _permuted(h: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``(len(h), num_perm) uint32``: every element's hash under every permutation."""
+    return h[:, None] * a[None, :] + b[None, :]
 
 
 _BYTE_SUM = np.uint64(0x0101010101010101)
@@ -137,67 +163,32 @@ class MinHashMethod(FeatureMethod):
         positive_int(self.name, "num_perm", params.num_perm, 1)
         positive_int(self.name, "top_n_corners", params.top_n_corners, 1)
         super().__init__(params, read)
-        self._template: Any = None
-        self._tables: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         #: ``(width, height)`` every image is brought to when signatures are positions.
         self._grid: tuple[int, int] | None = None
         size = self.read.size
-        if size is not None and size[0] * size[1] <= _MAX_ID_POSITIONS and \
-                _positions_identify_values(params.num_perm, params.seed, size[0] * size[1]):
+        if size is not None and size[0] * size[1] <= _MAX_ID_POSITIONS:
             self._grid = (int(size[0]), int(size[1]))
 
     def extract(self, images: Sequence[np.ndarray]) -> Features:
         p = self.params
-        if self._grid is None:
+        a, b = _permutations(p.num_perm, p.seed)
+        table = None if self._grid is None else _grid_hashes(self._grid[0] * self._grid[1])
+        if table is None:
             sigs = np.empty((len(images), p.num_perm), np.uint32)
             for i, img in enumerate(images):
-                gray = to_gray(img)
-                idx = corner_indices(gray, p)
-                # A MinHash is the element-wise minimum of its elements' permuted hashes, and
-                # the elements are pixel positions: each position's hashes are computed once
-                # (by datasketch itself) and a signature is a minimum over table rows.
-                sigs[i] = self._position_hashes(gray.size, idx).min(axis=0)
+                idx = corner_indices(to_gray(img), p)
+                # A MinHash is the element-wise minimum of its elements' permuted hashes.
+                sigs[i] = _permuted(_element_hashes(idx), a, b).min(axis=0)
             return {"signature": sigs}
-        w, h = self._grid
+        w, h = self._grid  # type: ignore[misc]
         sigs = np.empty((len(images), p.num_perm), np.uint16)
-        cols = np.arange(p.num_perm)
         for i, img in enumerate(images):
             gray = to_gray(img)
             if gray.shape != (h, w):  # the pipeline reads at the grid already
                 gray = resize(gray, (w, h))
             idx = corner_indices(gray, p)
-            sigs[i] = idx[self._position_hashes(w * h, idx).argmin(axis=0)]
+            sigs[i] = idx[_permuted(table[idx], a, b).argmin(axis=0)]
         return {"signature": sigs}
-
-    def _position_hashes(self, positions: int, idx: np.ndarray) -> np.ndarray:
-        """``(len(idx), num_perm)`` permuted hashes of pixel positions ``idx`` (cached)."""
-        table = self._tables.get(positions)
-        if table is None:
-            if positions * self.params.num_perm * 4 > _TABLE_BYTES:
-                return self._hashes(idx)
-            table = self._tables[positions] = (np.zeros((positions, self.params.num_perm), np.uint32),
-                                               np.zeros(positions, bool))
-        values, known = table
-        missing = idx[~known[idx]]
-        if len(missing):
-            values[missing] = self._hashes(missing)
-            known[missing] = True
-        return values[idx]
-
-    def _hashes(self, idx: np.ndarray) -> np.ndarray:
-        """Permuted hashes of each position, from datasketch (one value per MinHash)."""
-        from datasketch import MinHash
-
-        p = self.params
-        if self._template is None:
-            self._template = MinHash(num_perm=p.num_perm, seed=p.seed)
-        mh = self._template
-        out = np.empty((len(idx), p.num_perm), np.uint32)
-        for k, v in enumerate(idx.astype("<u4")):
-            mh.clear()
-            mh.update(v.tobytes())
-            out[k] = mh.hashvalues
-        return out
 
     def pairwise(self, a: Features, b: Features) -> np.ndarray:
         return signature_similarity(a["signature"], b["signature"])

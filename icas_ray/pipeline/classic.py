@@ -404,7 +404,10 @@ def _write_files(plan: TransferPlan, mode: str, layout: Layout, config: ClusterC
     for root in roots:
         if st.exists(root):
             existing.update({f.uri: f.size for f in st.list_files(root)})
-    items = [(str(s), str(d), existing.get(str(d))) for s, d in zip(plan.src, plan.dst)]
+    # By destination: each task then fills whole folders, and two tasks rarely create files in
+    # one folder at once (they would queue on its lock).
+    items = sorted(((str(s), str(d), existing.get(str(d))) for s, d in zip(plan.src, plan.dst)),
+                   key=lambda item: item[1])
     # Few large tasks: each new worker process costs about a second to start.
     per_task = config.files_per_task or int(np.clip(-(-len(items) // int(cluster_cpus())), 64, 4096))
     chunks = [items[i:i + per_task] for i in range(0, len(items), per_task)]
