@@ -221,6 +221,21 @@ def test_overwrite_refusal_and_overwrite(digits200, tmp_path):  # type: ignore[n
     assert s["batches"]["computed_now"] == 2 and len(_result_files(out)) == 200
 
 
+def test_unfinished_run_of_another_version_is_refused(digits200, tmp_path):  # type: ignore[no-untyped-def]
+    """Batch results whose features another version wrote cannot join this version's merge."""
+    import json
+
+    out = str(tmp_path / "out")
+    cfg = dict(method="minhash", threshold=0.3, batch_size=100, option="dontmerge")
+    cluster(digits200, out, ClusterConfig(**cfg))
+    state_path = os.path.join(out, "_icas", "state.json")
+    state = json.load(open(state_path))
+    state["version"] -= 1
+    json.dump(state, open(state_path, "w"))
+    with pytest.raises(ConfigError, match="another icas version.*--overwrite"):
+        cluster(digits200, out, ClusterConfig(**{**cfg, "option": "merge"}))
+
+
 def test_output_inside_input_is_refused(digits200):  # type: ignore[no-untyped-def]
     with pytest.raises(ConfigError, match="inside the input"):
         cluster(digits200, os.path.join(digits200, "out"), ClusterConfig(threshold=0.8))

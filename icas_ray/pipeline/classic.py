@@ -49,7 +49,9 @@ __all__ = ["cluster", "default_output"]
 
 logger = logging.getLogger(__name__)
 
-STATE_VERSION = 1
+#: Version of the unfinished-run state and of the batch results it points to; a run of
+#: another version is not resumed (2: minhash signatures became pixel positions).
+STATE_VERSION = 2
 #: Rows per Ray Data batch for decoding and features.
 _ROWS_PER_UDF_CALL = 64
 
@@ -236,6 +238,10 @@ def _prepare(input_uri: str, layout: Layout, config: ClusterConfig) -> _State:
         raise ConfigError(f"--option merge needs the batch results of an earlier run in "
                           f"{layout.root!r}: run with --option dontmerge (or all) first")
     if previous is not None:
+        if previous.get("version") != STATE_VERSION:
+            raise ConfigError(
+                f"{layout.root!r} holds an unfinished run of another icas version, whose batch "
+                "results this version cannot merge: pass --overwrite to start over")
         if previous.get("input") != input_uri or previous.get("fingerprint") != config.fingerprint():
             raise ConfigError(
                 f"{layout.root!r} holds an unfinished run with other parameters: rerun it with the "
