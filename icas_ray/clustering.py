@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from icas_ray.features import FeatureMethod, Features, concat_features, take_features
-from icas_ray.graph import build_edges, cluster_labels, components
+from icas_ray.graph import Kernel, build_edges, cluster_labels, components
 
 __all__ = [
     "MERGE_MODES",
@@ -91,7 +91,7 @@ class BatchResult:
         }
         arrays.update({f"feat_{k}": v for k, v in self.rep_features.items()})
         buf = io.BytesIO()
-        np.savez_compressed(buf, **arrays)
+        np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as bool
         return buf.getvalue()
 
     @classmethod
@@ -144,8 +144,8 @@ def representatives(labels: np.ndarray, *, per_cluster: int, include_outliers: b
     return np.concatenate(idx).astype(np.int64), np.concatenate(unit).astype(np.int64)
 
 
-def _kernel(method: FeatureMethod, features: Features, device: str | None):
-    def kernel(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+def _kernel(method: FeatureMethod, features: Features, device: str | None) -> Kernel:
+    def kernel(rows: np.ndarray | slice, cols: np.ndarray | slice) -> np.ndarray:
         a, b = take_features(features, rows), take_features(features, cols)
         if device is not None and method.has_torch:
             return method.pairwise_torch(a, b, device)
@@ -253,7 +253,7 @@ def merge_batches(results: Sequence[BatchResult], method: FeatureMethod, thresho
                             groups=groups, time_limit_s=time_limit_s, units=rep_units,
                             threads=threads if device is None else 1)
     else:
-        edges = build_edges(0, lambda r, c: np.zeros((len(r), len(c))), threshold)
+        edges = build_edges(0, lambda r, c: np.zeros((0, 0)), threshold)  # no items, no calls
     unit_comp = components(total_units, rep_units[edges.a], rep_units[edges.b])
     # Final cluster = component of units with 2+ readable files in all.
     comp_size = np.zeros(max(1, total_units), np.int64)

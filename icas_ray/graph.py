@@ -109,9 +109,9 @@ def _upper(k: int) -> np.ndarray:
 
 def _find(parent: np.ndarray, x: np.ndarray) -> np.ndarray:
     """Roots of ``x`` in a union-find forest (vectorized; halves paths as it goes)."""
-    root = parent[x]
+    root: np.ndarray = parent[x]
     while True:
-        up = parent[root]
+        up: np.ndarray = parent[root]
         if np.array_equal(up, root):
             return root
         parent[root] = parent[up]

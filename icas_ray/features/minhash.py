@@ -62,8 +62,8 @@ class MinHashParams:
 
 def corner_indices(gray: np.ndarray, p: MinHashParams) -> np.ndarray:
     """Sorted flattened indices of the ``top_n_corners`` strongest dilated Harris responses."""
-    response = cv2.cornerHarris(np.float32(gray), p.block_size, p.ksize, p.k)
-    response = cv2.dilate(response, None).ravel()
+    response = cv2.cornerHarris(gray.astype(np.float32), p.block_size, p.ksize, p.k)
+    response = np.asarray(cv2.dilate(response, None)).ravel()  # type: ignore[call-overload]
     n = min(p.top_n_corners, response.size)
     # A stable sort, not argpartition: the dilated response is full of ties, on which
     # argpartition is 15x slower, and stable order makes the choice among ties deterministic.
@@ -105,7 +105,8 @@ def _grid_hashes(positions: int) -> np.ndarray | None:
 
 def _permuted(h: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``(len(h), num_perm) uint32``: every element's hash under every permutation."""
-    return h[:, None] * a[None, :] + b[None, :]
+    out: np.ndarray = h[:, None] * a[None, :] + b[None, :]
+    return out
 
 
 _BYTE_SUM = np.uint64(0x0101010101010101)
@@ -132,7 +133,7 @@ def signature_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     # The byte-lane sum of one chunk must stay below 256: chunks of at most 248 values.
     chunk = 248
     for s in range(0, len(a), rows):
-        counts = None
+        counts: np.ndarray | None = None
         for c in range(0, p + pad, chunk):
             eq = a32[s:s + rows, None, c:c + chunk] == b32[None, :, c:c + chunk]
             w = eq.shape[2] // 8
@@ -143,6 +144,7 @@ def signature_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
                 counts = total
             else:
                 counts += total
+        assert counts is not None  # p >= 1: one chunk at least
         np.multiply(counts, np.float32(1.0 / p), out=out[s:s + rows], dtype=np.float32)
     return out
 

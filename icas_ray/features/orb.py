@@ -59,7 +59,7 @@ class ORBMethod(FeatureMethod):
         super().__init__(params, read)
 
     def extract(self, images: Sequence[np.ndarray]) -> Features:
-        orb = cv2.ORB_create(nfeatures=self.params.nfeatures)
+        orb = cv2.ORB_create(nfeatures=self.params.nfeatures)  # type: ignore[attr-defined]
         k = self.params.nfeatures
         desc = np.zeros((len(images), k, 32), np.uint8)
         count = np.zeros(len(images), np.int32)

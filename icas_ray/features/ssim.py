@@ -59,7 +59,8 @@ def _box_sum_t(x: np.ndarray, w: int) -> np.ndarray:
     lead = x.shape[:-2]
     cols = x.reshape(-1, wd) @ _band(wd, w).T  # (..., H, W')
     cols = np.ascontiguousarray(cols.reshape(-1, h, wd - w + 1).swapaxes(1, 2))
-    return (cols.reshape(-1, h) @ _band(h, w).T).reshape(*lead, wd - w + 1, h - w + 1)
+    sums: np.ndarray = (cols.reshape(-1, h) @ _band(h, w).T).reshape(*lead, wd - w + 1, h - w + 1)
+    return sums
 
 
 def _stats(x: np.ndarray, w: int) -> tuple[np.ndarray, np.ndarray]:
