@@ -236,7 +236,7 @@ def presegment(config: PresegmentConfig, *, storage: Storage | None = None,
     if todo:
         init_ray(resources)
         size = config.actors or max(1, min(len(todo), int(cluster_cpus())))
-        ds = listing_dataset(todo).map_batches(
+        ds = listing_dataset(todo, workers=size, min_rows=1).map_batches(
             read_bytes_batch, fn_kwargs={"storage": storage}, batch_format="numpy",
             batch_size=4, num_cpus=0.25,
         ).map_batches(

@@ -183,7 +183,7 @@ def embed_folder(input_uri: str, config: EmbedConfig, *, storage: Storage | None
     n, cpus, gpus = _pool(config.actors)
     logger.info("embedding %d images with %d %s actor(s) (%d already stored) into %s",
                 len(files), n, "GPU" if gpus else "CPU", len(done), config.output)
-    ds = listing_dataset(files).map_batches(
+    ds = listing_dataset(files, workers=n, min_rows=1).map_batches(
         read_bytes_batch, fn_kwargs={"storage": storage}, batch_format="numpy", num_cpus=0.5,
         batch_size=config.batch_size,
     ).map_batches(
