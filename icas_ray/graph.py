@@ -252,7 +252,10 @@ def components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     Union-find on the edge arrays: every edge whose ends have different roots hooks the larger
     root under the smaller, then paths are compressed, until no edge joins two roots. Each
     round removes at least one root; on real graphs a few rounds do. (scipy's csgraph costs
-    more in building its sparse matrix than this on a batch's few thousand edges.)
+    more in building its sparse matrix than this on a batch's few thousand edges.) Unlike
+    :func:`_find`, which looks up a few roots at a time for the connected strategy, every
+    round here compresses the whole forest at once, which costs less than finding the edges'
+    roots one by one.
     """
     parent = np.arange(n)
     a = np.asarray(a, np.int64)

@@ -138,9 +138,8 @@ class _MergeActor:
         self.threshold = threshold
         self.device = "cuda" if use_gpu else None
         self.results: dict[int, BatchResult] = {}
-        # Imported now, while the batches run, rather than when the merge is waited for.
+        # Built now, while the batches run, rather than when the merge is waited for.
         self.method = config.feature_method()
-        import scipy.sparse.csgraph  # noqa: F401  (the graph's components)
 
     def add(self, result: BatchResult) -> int:
         self.results[result.batch] = result
