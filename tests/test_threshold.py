@@ -62,6 +62,34 @@ def test_suggested_threshold_clusters_the_digits(ray_session, digits1000, thresh
     assert ari >= 0.95
 
 
+# The ARI floors (those of the accuracy tests in test_cluster.py), reached with the
+# suggestion instead of a hand-picked threshold; ORB on the small set as there.
+@pytest.mark.parametrize("method,data,batch,min_ari", [
+    ("minhash", "digits1000", 250, 0.5),
+    ("SSIM", "digits1000", 250, 0.85),
+    ("TM", "digits1000", 250, 0.95),
+    ("ORB", "digits200", 50, 0.25),
+], ids=["minhash", "SSIM", "TM", "ORB"])
+def test_suggested_threshold_clusters_the_digits_with_every_method(  # type: ignore[no-untyped-def]
+        ray_session, request, tmp_path, method, data, batch, min_ari):
+    import pyarrow.parquet as pq
+    from sklearn.metrics import adjusted_rand_score
+
+    from icas_ray.datasets import read_truth
+    from icas_ray.pipeline.classic import cluster
+    from icas_ray.pipeline.config import ClusterConfig
+
+    src = request.getfixturevalue(data)
+    out = str(tmp_path / "out")
+    summary = cluster(src, out, ClusterConfig(method=method, batch_size=batch))
+    assert summary["threshold_source"] == "suggested"
+    m = pq.read_table(os.path.join(out, "manifest.parquet")).to_pandas()
+    truth = read_truth(src)
+    pred = [f"c{c:.0f}" if c == c else f"o{i}" for i, c in enumerate(m.cluster)]
+    ari = adjusted_rand_score([truth[os.path.basename(u)] for u in m.uri], pred)
+    assert ari >= min_ari, (summary["threshold"], ari)
+
+
 @pytest.mark.browser
 def test_html_plot_hover_and_click_in_chromium(threshold_page):  # type: ignore[no-untyped-def]
     from playwright.sync_api import sync_playwright
