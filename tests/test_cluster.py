@@ -146,24 +146,38 @@ def test_near_duplicates_group_by_photo(tmp_path):  # type: ignore[no-untyped-de
     assert majority >= 0.95 * len(clustered)
 
 
-def test_s3_input_and_output(s3_server, s3_bucket, digits200, tmp_path):  # type: ignore[no-untyped-def]
+def test_s3_input_and_output(s3_server, s3_bucket, digits1000, tmp_path):  # type: ignore[no-untyped-def]
+    """The 1000 digits from and to the loopback S3 server: the local run's clusters, the same
+    ARI floor, every input in the results exactly once."""
+    from icas_ray.storage import map_io
+
     st = s3_server.storage()
-    for name in os.listdir(digits200):
-        with open(os.path.join(digits200, name), "rb") as f:
+    names = sorted(n for n in os.listdir(digits1000) if n.endswith(".png"))
+
+    def upload(name: str) -> None:
+        with open(os.path.join(digits1000, name), "rb") as f:
             st.write_bytes(f"s3://{s3_bucket}/in/{name}", f.read())
+
+    map_io(upload, names, remote=True)
     out = f"s3://{s3_bucket}/out"
-    cfg = dict(method="imagehash", threshold=0.84, batch_size=50)
+    cfg = dict(method="imagehash", threshold=0.84, batch_size=250, strategy="exhaustive")
     summary = cluster(f"s3://{s3_bucket}/in", out, ClusterConfig(**cfg), storage=st)
+    assert summary["batches"]["total"] == 4 and summary["comparisons"]["merge_comparisons"] > 0
     m = _manifest(out, st)
     local = str(tmp_path / "local")
-    cluster(digits200, local, ClusterConfig(**cfg))
+    cluster(digits1000, local, ClusterConfig(**cfg))
     ml = _manifest(local)
-    truth = read_truth(digits200)
-    # the same partition as from the local folder
-    assert len(m) == 200 and _ari(m, truth) == pytest.approx(_ari(ml, truth))
-    assert _ari(m, truth) >= 0.75
-    results = [f for f in st.list_files(f"{out}/results")]
-    assert len(results) == 200
+    truth = read_truth(digits1000)
+    # the same partition as from the local folder, and the accuracy floor of the local test
+    assert len(m) == 1000 and m.uri.is_unique
+    assert _ari(m, truth) == pytest.approx(_ari(ml, truth))
+    assert _ari(m, truth) >= 0.95
+    results = [f.uri for f in st.list_files(f"{out}/results")]
+    assert len(results) == 1000
+    assert sorted(r.rsplit("/", 1)[1] for r in results) == names
+    for r in results[:20]:  # byte-identical copies
+        with open(os.path.join(digits1000, r.rsplit("/", 1)[1]), "rb") as f:
+            assert st.read_bytes(r) == f.read()
     assert st.exists(f"{out}/summary.json") and st.exists(f"{out}/report.html")
     assert summary["report"] == f"{out}/report.html"
 
