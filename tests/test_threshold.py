@@ -41,8 +41,8 @@ def threshold_page(ray_session, digits1000, tmp_path_factory):  # type: ignore[n
     return html, suggested
 
 
-def test_suggested_threshold_clusters_the_digits(ray_session, digits1000, threshold_page, tmp_path):  # type: ignore[no-untyped-def]
-    """`icas cluster` without --threshold uses the suggestion, and it clusters the digits well."""
+def _cluster_with_suggestion(src: str, out: str, method: str, batch: int) -> tuple[dict, float]:  # type: ignore[type-arg]
+    """``icas cluster`` without a threshold: its summary and the ARI against truth.csv."""
     import pyarrow.parquet as pq
     from sklearn.metrics import adjusted_rand_score
 
@@ -50,15 +50,19 @@ def test_suggested_threshold_clusters_the_digits(ray_session, digits1000, thresh
     from icas_ray.pipeline.classic import cluster
     from icas_ray.pipeline.config import ClusterConfig
 
-    _, suggested = threshold_page
-    out = str(tmp_path / "out")
-    summary = cluster(digits1000, out, ClusterConfig(method="imagehash", batch_size=250))
+    summary = cluster(src, out, ClusterConfig(method=method, batch_size=batch))
     assert summary["threshold_source"] == "suggested"
-    assert summary["threshold"] == pytest.approx(suggested, abs=1e-3)
     m = pq.read_table(os.path.join(out, "manifest.parquet")).to_pandas()
-    truth = read_truth(digits1000)
+    truth = read_truth(src)
     pred = [f"c{c:.0f}" if c == c else f"o{i}" for i, c in enumerate(m.cluster)]
-    ari = adjusted_rand_score([truth[os.path.basename(u)] for u in m.uri], pred)
+    return summary, adjusted_rand_score([truth[os.path.basename(u)] for u in m.uri], pred)
+
+
+def test_suggested_threshold_clusters_the_digits(ray_session, digits1000, threshold_page, tmp_path):  # type: ignore[no-untyped-def]
+    """`icas cluster` without --threshold uses `icas threshold`'s suggestion, which clusters well."""
+    _, suggested = threshold_page
+    summary, ari = _cluster_with_suggestion(digits1000, str(tmp_path / "out"), "imagehash", 250)
+    assert summary["threshold"] == pytest.approx(suggested, abs=1e-3)
     assert ari >= 0.95
 
 
@@ -72,21 +76,8 @@ def test_suggested_threshold_clusters_the_digits(ray_session, digits1000, thresh
 ], ids=["minhash", "SSIM", "TM", "ORB"])
 def test_suggested_threshold_clusters_the_digits_with_every_method(  # type: ignore[no-untyped-def]
         ray_session, request, tmp_path, method, data, batch, min_ari):
-    import pyarrow.parquet as pq
-    from sklearn.metrics import adjusted_rand_score
-
-    from icas_ray.datasets import read_truth
-    from icas_ray.pipeline.classic import cluster
-    from icas_ray.pipeline.config import ClusterConfig
-
-    src = request.getfixturevalue(data)
-    out = str(tmp_path / "out")
-    summary = cluster(src, out, ClusterConfig(method=method, batch_size=batch))
-    assert summary["threshold_source"] == "suggested"
-    m = pq.read_table(os.path.join(out, "manifest.parquet")).to_pandas()
-    truth = read_truth(src)
-    pred = [f"c{c:.0f}" if c == c else f"o{i}" for i, c in enumerate(m.cluster)]
-    ari = adjusted_rand_score([truth[os.path.basename(u)] for u in m.uri], pred)
+    summary, ari = _cluster_with_suggestion(request.getfixturevalue(data), str(tmp_path / "out"),
+                                            method, batch)
     assert ari >= min_ari, (summary["threshold"], ari)
 
 
