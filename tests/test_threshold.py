@@ -22,6 +22,20 @@ def test_suggestion_finds_the_gap_between_groups():  # type: ignore[no-untyped-d
     assert 0.6 < t < 0.85
 
 
+def test_suggestion_separates_close_groups_beside_a_far_one():  # type: ignore[no-untyped-def]
+    """Four groups close to each other and one far away: the widest gap in the spanning tree
+    (the rule before) lies between the far group and the rest; the groups lie above it."""
+    rng = np.random.default_rng(1)
+    labels = np.repeat(np.arange(5), 12)
+    same = labels[:, None] == labels[None, :]
+    far = (labels[:, None] == 4) != (labels[None, :] == 4)
+    sim = np.where(same, rng.uniform(0.85, 0.95, (60, 60)),
+                   np.where(far, rng.uniform(0.0, 0.1, (60, 60)), rng.uniform(0.5, 0.7, (60, 60))))
+    sim = (sim + sim.T) / 2
+    t = suggest_threshold(sim, get_method("imagehash"))
+    assert 0.7 < t < 0.85
+
+
 def test_curve_counts_pairs_and_images():  # type: ignore[no-untyped-def]
     values = np.array([0.9, 0.8, 0.5, 0.1])
     nearest = np.array([0.9, 0.9, 0.8, 0.5])
