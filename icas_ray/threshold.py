@@ -202,8 +202,8 @@ def suggest_threshold(matrix: np.ndarray, method: FeatureMethod) -> float:
     return float(np.clip(t, lo, hi))
 
 
-RULE = ("the single-linkage cut that best matches the sample's HDBSCAN groups "
-        "(middle of its gap in the maximum spanning tree)")
+RULE = ("the single-linkage cut that best matches the sample's HDBSCAN groups, at the middle "
+        "of its gap in the maximum spanning tree")
 
 
 def threshold_curve(values: np.ndarray, nearest: np.ndarray, n_total: int, *,
