@@ -360,6 +360,33 @@ def test_resume_after_kill(digits200, tmp_path, transfer):  # type: ignore[no-un
     assert summary["batches"]["computed_now"] == 0 and summary["batches"]["resumed"] == 5
 
 
+def test_resume_after_kill_keeps_the_suggested_threshold(digits200, tmp_path):  # type: ignore[no-untyped-def]
+    """Without --threshold, a run killed during the batches resumes with the suggested
+    threshold its finished batches were clustered with (saved in the run's state)."""
+    out = str(tmp_path / "out")
+    args = ["cluster", digits200, "--output", out, "--batch-size", "40", "--num-cpus", "2"]
+    r = _cli(*args, env={"ICAS_FAILPOINT": "batches:2"})
+    assert r.returncode == 75, r.stderr[-2000:]
+    state = json.load(open(os.path.join(out, "_icas", "state.json")))
+    assert state["threshold_source"] == "suggested" and state["threshold"] is not None
+    r = _cli(*args)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "resuming:" in r.stderr
+    summary = json.load(open(os.path.join(out, "summary.json")))
+    assert summary["threshold"] == state["threshold"] and summary["threshold_source"] == "suggested"
+    assert summary["batches"]["resumed"] >= 2
+    assert len(_result_files(out)) == 200
+
+
+def test_suggestion_from_too_few_readable_images_is_one_line_error(tmp_path):  # type: ignore[no-untyped-def]
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(src / "one.png")
+    (src / "empty.png").write_bytes(b"")
+    with pytest.raises(InputError, match="give --threshold explicitly"):
+        cluster(str(src), str(tmp_path / "out"), ClusterConfig(batch_size=10))
+
+
 def test_overwrite_after_move_is_refused(digits200, tmp_path):  # type: ignore[no-untyped-def]
     import shutil
 
