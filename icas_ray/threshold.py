@@ -161,6 +161,52 @@ def _groups_of_sample(sim: np.ndarray) -> np.ndarray | None:
     return np.where(labels >= 0, labels, labels.max() + 1 + np.arange(len(labels)))
 
 
+def _agreement_by_cut(a: np.ndarray, b: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Adjusted Rand index between ``groups`` and each single-linkage cut of the tree.
+
+    Entry ``k`` compares with the partition given by the tree edges ``a[:k+1] - b[:k+1]``
+    (strongest first). The pair counts are updated as each edge joins two components (a
+    component keeps how many members of each group it holds), so all ``n - 1`` cuts cost one
+    pass, not one clustering and one ARI each. Groups with one member hold no pair and take
+    no column.
+    """
+    n = len(groups)
+    real = np.flatnonzero(np.bincount(groups) > 1)
+    column = np.full(groups.max() + 1, -1)
+    column[real] = np.arange(len(real))
+    held = np.zeros((n, len(real)), np.int64)  # members of each group per component root
+    rows = np.flatnonzero(column[groups] >= 0)
+    held[rows, column[groups[rows]]] = 1
+    size = np.ones(n, np.int64)
+    parent = np.arange(n)
+
+    def root(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = int(parent[x])
+        return x
+
+    together = np.empty(len(a), np.float64)  # pairs in one component and one group
+    linked = np.empty(len(a), np.float64)  # pairs in one component
+    both = linked_sum = 0
+    for k, (x, y) in enumerate(zip(a.tolist(), b.tolist())):
+        rx, ry = root(x), root(y)  # tree edges always join two components
+        both += int(held[rx] @ held[ry])
+        linked_sum += int(size[rx] * size[ry])
+        parent[ry] = rx
+        held[rx] += held[ry]
+        size[rx] += size[ry]
+        together[k], linked[k] = both, linked_sum
+    counts = np.bincount(groups)
+    grouped = float((counts * (counts - 1) // 2).sum())  # pairs in one group
+    pairs = n * (n - 1) / 2
+    expected = grouped * linked / pairs
+    top = (grouped + linked) / 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ari = (together - expected) / (top - expected)
+    return np.where(top == expected, 1.0, ari)  # both partitions trivial: they agree
+
+
 def suggest_threshold(matrix: np.ndarray, method: FeatureMethod) -> float:
     """A threshold from a sample's similarity matrix (the rule of the module docstring).
 
@@ -171,10 +217,6 @@ def suggest_threshold(matrix: np.ndarray, method: FeatureMethod) -> float:
     Returns:
         The suggested threshold, within the method's range.
     """
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-    from sklearn.metrics import adjusted_rand_score
-
     lo, hi = method.threshold_range
     sim = np.array(matrix, dtype=np.float64)
     n = len(sim)
@@ -186,20 +228,19 @@ def suggest_threshold(matrix: np.ndarray, method: FeatureMethod) -> float:
     np.fill_diagonal(sim, np.nanmax(sim))
     a, b, weights = _spanning_tree(sim)
     groups = _groups_of_sample(sim)
-    best: tuple[float, float] | None = None
-    for k in range(len(weights) - 1):
-        parts = n - (k + 1)  # components when the k+1 strongest tree edges are kept
-        if parts < 2 or parts > n / 2 or weights[k] == weights[k + 1]:
-            continue
-        if groups is None:  # no group stands out: fall back to the most stable partition
-            score = weights[k] - weights[k + 1]
-        else:
-            tree = coo_matrix((np.ones(k + 1), (a[:k + 1], b[:k + 1])), shape=(n, n))
-            score = adjusted_rand_score(groups, connected_components(tree, directed=False)[1])
-        if best is None or score > best[0]:
-            best = (score, (weights[k] + weights[k + 1]) / 2)
-    t = best[1] if best is not None else float(np.median(weights))
-    return float(np.clip(t, lo, hi))
+    # Cut k keeps the k+1 strongest tree edges: n-k-1 components, thresholds between
+    # weights[k] and weights[k+1].
+    k = np.arange(len(weights) - 1)
+    parts = n - (k + 1)
+    usable = (parts >= 2) & (parts <= n / 2) & (weights[:-1] != weights[1:])
+    if not usable.any():
+        return float(np.clip(np.median(weights), lo, hi))
+    if groups is None:  # no group stands out: fall back to the most stable partition
+        score = weights[:-1] - weights[1:]
+    else:
+        score = _agreement_by_cut(a, b, groups)[:-1]
+    best = int(np.flatnonzero(usable)[np.argmax(score[usable])])
+    return float(np.clip((weights[best] + weights[best + 1]) / 2, lo, hi))
 
 
 RULE = ("the single-linkage cut that best matches the sample's HDBSCAN groups, at the middle "

@@ -44,6 +44,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip_browser)
 
 
+def manifest_ari(manifest, truth: dict[str, str]) -> float:  # type: ignore[no-untyped-def]
+    """ARI of a run's manifest against truth.csv, every outlier its own group (unreadable
+    files excluded)."""
+    from sklearn.metrics import adjusted_rand_score
+
+    rows = manifest[manifest.status == "ok"]
+    names = [os.path.basename(u) for u in rows.uri]
+    pred = [f"c{c:.0f}" if c == c else f"o{i}" for i, c in enumerate(rows.cluster)]
+    return float(adjusted_rand_score([truth[n] for n in names], pred))
+
+
 def ray_listening_addresses() -> list[tuple[str, int, int]]:
     """``(ip, port, pid)`` of every listening TCP socket of this process and Ray's processes."""
     import psutil

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 from sklearn.metrics import adjusted_rand_score
 
+from conftest import manifest_ari
 from icas_ray.datasets import make_dataset, read_truth
 from icas_ray.errors import ConfigError, InputError
 from icas_ray.pipeline.classic import cluster
@@ -27,14 +28,6 @@ def _manifest(output: str, storage=None):  # type: ignore[no-untyped-def]
     if storage is None:
         return pq.read_table(os.path.join(output, "manifest.parquet")).to_pandas()
     return pq.read_table(io.BytesIO(storage.read_bytes(storage.join(output, "manifest.parquet")))).to_pandas()
-
-
-def _ari(manifest, truth):  # type: ignore[no-untyped-def]
-    """ARI with every outlier as its own group (unreadable files excluded)."""
-    rows = manifest[manifest.status == "ok"]
-    names = [os.path.basename(u) for u in rows.uri]
-    pred = [f"c{c:.0f}" if c == c else f"o{i}" for i, c in enumerate(rows.cluster)]
-    return adjusted_rand_score([truth[n] for n in names], pred)
 
 
 def _result_files(output: str) -> list[str]:
@@ -66,7 +59,7 @@ def test_digits_1000_accuracy(digits1000, tmp_path, method, threshold, min_ari):
     assert summary["batches"]["total"] == 4 and summary["comparisons"]["merge_comparisons"] > 0
     m = _manifest(out)
     assert len(m) == 1000 and m.uri.is_unique
-    ari = _ari(m, read_truth(digits1000))
+    ari = manifest_ari(m, read_truth(digits1000))
     assert ari >= min_ari, f"{method}: ARI {ari:.3f} < {min_ari}"
     _check_all_accounted(digits1000, out, 1000)
     c = summary["counts"]
@@ -111,7 +104,7 @@ def test_digits_small_accuracy(digits200, tmp_path, method, threshold, min_ari):
     cluster(digits200, out, ClusterConfig(method=method, threshold=threshold, batch_size=50,
                                           strategy="exhaustive"))
     m = _manifest(out)
-    ari = _ari(m, read_truth(digits200))
+    ari = manifest_ari(m, read_truth(digits200))
     assert ari >= min_ari, f"{method}: ARI {ari:.3f} < {min_ari}"
     _check_all_accounted(digits200, out, 200)
 
@@ -138,7 +131,7 @@ def test_near_duplicates_group_by_photo(tmp_path):  # type: ignore[no-untyped-de
     cluster(src, out, ClusterConfig(method="ORB", threshold=0.95, batch_size=40))
     m = _manifest(out)
     truth = read_truth(src)
-    assert _ari(m, truth) >= 0.85
+    assert manifest_ari(m, truth) >= 0.85
     # clusters are (nearly) pure: each holds variants of one photo
     clustered = m[m.cluster.notna()]
     majority = sum(Counter(truth[os.path.basename(u)] for u in rows.uri).most_common(1)[0][1]
@@ -170,8 +163,8 @@ def test_s3_input_and_output(s3_server, s3_bucket, digits1000, tmp_path):  # typ
     truth = read_truth(digits1000)
     # the same partition as from the local folder, and the accuracy floor of the local test
     assert len(m) == 1000 and m.uri.is_unique
-    assert _ari(m, truth) == pytest.approx(_ari(ml, truth))
-    assert _ari(m, truth) >= 0.95
+    assert manifest_ari(m, truth) == pytest.approx(manifest_ari(ml, truth))
+    assert manifest_ari(m, truth) >= 0.95
     results = [f.uri for f in st.list_files(f"{out}/results")]
     assert len(results) == 1000
     assert sorted(r.rsplit("/", 1)[1] for r in results) == names

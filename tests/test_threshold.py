@@ -36,6 +36,26 @@ def test_suggestion_separates_close_groups_beside_a_far_one():  # type: ignore[n
     assert 0.7 < t < 0.85
 
 
+def test_agreement_by_cut_equals_sklearn_on_every_cut():  # type: ignore[no-untyped-def]
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    from sklearn.metrics import adjusted_rand_score
+
+    from icas_ray.threshold import _agreement_by_cut, _spanning_tree
+
+    rng = np.random.default_rng(0)
+    for n, k_groups in [(3, 1), (20, 4), (45, 45), (60, 6)]:
+        sim = rng.uniform(0, 1, (n, n))
+        sim = (sim + sim.T) / 2
+        a, b, _ = _spanning_tree(sim)
+        groups = rng.integers(0, k_groups, n)
+        cuts = [connected_components(coo_matrix((np.ones(k + 1), (a[:k + 1], b[:k + 1])),
+                                                shape=(n, n)), directed=False)[1]
+                for k in range(n - 1)]
+        expected = [adjusted_rand_score(groups, c) for c in cuts]
+        assert np.allclose(_agreement_by_cut(a, b, groups), expected)
+
+
 def test_curve_counts_pairs_and_images():  # type: ignore[no-untyped-def]
     values = np.array([0.9, 0.8, 0.5, 0.1])
     nearest = np.array([0.9, 0.9, 0.8, 0.5])
@@ -58,8 +78,8 @@ def threshold_page(ray_session, digits1000, tmp_path_factory):  # type: ignore[n
 def _cluster_with_suggestion(src: str, out: str, method: str, batch: int) -> tuple[dict, float]:  # type: ignore[type-arg]
     """``icas cluster`` without a threshold: its summary and the ARI against truth.csv."""
     import pyarrow.parquet as pq
-    from sklearn.metrics import adjusted_rand_score
 
+    from conftest import manifest_ari
     from icas_ray.datasets import read_truth
     from icas_ray.pipeline.classic import cluster
     from icas_ray.pipeline.config import ClusterConfig
@@ -67,9 +87,7 @@ def _cluster_with_suggestion(src: str, out: str, method: str, batch: int) -> tup
     summary = cluster(src, out, ClusterConfig(method=method, batch_size=batch))
     assert summary["threshold_source"] == "suggested"
     m = pq.read_table(os.path.join(out, "manifest.parquet")).to_pandas()
-    truth = read_truth(src)
-    pred = [f"c{c:.0f}" if c == c else f"o{i}" for i, c in enumerate(m.cluster)]
-    return summary, adjusted_rand_score([truth[os.path.basename(u)] for u in m.uri], pred)
+    return summary, manifest_ari(m, read_truth(src))
 
 
 def test_suggested_threshold_clusters_the_digits(ray_session, digits1000, threshold_page, tmp_path):  # type: ignore[no-untyped-def]
