@@ -72,6 +72,27 @@ def _datasketch_minhash(gray):  # type: ignore[no-untyped-def]
     return mh
 
 
+def test_corner_indices_are_the_stable_sorts_top_n():  # type: ignore[no-untyped-def]
+    """The keyed partition picks what a stable argsort picks: the strongest responses, ties
+    (plentiful after the dilation, and among negative responses too) to the larger index."""
+    import cv2
+
+    from icas_ray.features.minhash import MinHashParams, corner_indices
+
+    rng = np.random.default_rng(3)
+    grays = [g for g in _images(4, 128)]
+    grays.append(np.full((128, 128), 7, np.uint8))  # flat: every response ties
+    grays.append((rng.random((128, 128)) * 4).astype(np.uint8))  # few levels, many ties
+    grays.append(np.tile(np.array([0, 255], np.uint8), (128, 64)))  # stripes: strongly negative
+    for top_n in (1, 100, 5000):
+        p = MinHashParams(top_n_corners=top_n)
+        for gray in grays:
+            response = cv2.cornerHarris(gray.astype(np.float32), p.block_size, p.ksize, p.k)
+            response = np.asarray(cv2.dilate(response, None)).ravel()
+            expected = np.sort(np.argsort(response, kind="stable")[-top_n:])
+            np.testing.assert_array_equal(corner_indices(gray, p), expected)
+
+
 @pytest.mark.parametrize("read", [None, ReadConfig(scale=1.0)], ids=["grid", "scale"])
 def test_minhash_matches_datasketch_jaccard(read):  # type: ignore[no-untyped-def]
     """On the default 128x128 grid (positions as signatures) and without one (hash values),

@@ -63,11 +63,17 @@ class MinHashParams:
 def corner_indices(gray: np.ndarray, p: MinHashParams) -> np.ndarray:
     """Sorted flattened indices of the ``top_n_corners`` strongest dilated Harris responses."""
     response = cv2.cornerHarris(gray.astype(np.float32), p.block_size, p.ksize, p.k)
-    response = np.asarray(cv2.dilate(response, None)).ravel()  # type: ignore[call-overload]
+    response = np.asarray(cv2.dilate(response, None), np.float32).ravel()  # type: ignore[call-overload]
     n = min(p.top_n_corners, response.size)
-    # A stable sort, not argpartition: the dilated response is full of ties, on which
-    # argpartition is 15x slower, and stable order makes the choice among ties deterministic.
-    return np.sort(np.argsort(response, kind="stable")[-n:])
+    # The n largest responses, ties going to the larger index (the n last of a stable
+    # ascending sort). The dilated response is full of ties, on which argpartition is 15x
+    # slower, so every pixel gets a distinct key: its response as an order-preserving
+    # unsigned integer in the high 32 bits, its index in the low ones. A partition of those
+    # keys picks the same pixels as the stable sort, in half its time.
+    bits = (response + np.float32(0.0)).view(np.uint32)  # + 0.0: -0.0 becomes 0.0, a tie
+    ordered = np.where(bits >> np.uint32(31), ~bits, bits | np.uint32(0x80000000))
+    keys = (ordered.astype(np.uint64) << np.uint64(32)) | np.arange(response.size, dtype=np.uint64)
+    return np.sort(np.argpartition(keys, response.size - n)[response.size - n:])
 
 
 @functools.lru_cache(maxsize=8)
