@@ -82,6 +82,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hash-sizes", action="store_true",
                         help="run the imagehash hash-size study (8, 16, 32, 64) instead of the cluster table")
     parser.add_argument("--study-count", type=int, default=1000, help="images per data set in the hash-size study")
+    parser.add_argument("--feature-compute", default="tasks", choices=("tasks", "actors"),
+                        help="how icas jobs run feature extraction (default tasks, icas's default)")
+    parser.add_argument("--compute-study", action="store_true",
+                        help="time whole jobs with feature extraction in tasks and in an actor pool, "
+                             "alternately (--methods, --sizes, --study-reps) instead of the cluster table")
+    parser.add_argument("--study-reps", type=int, default=5, help="jobs per variant in the compute study")
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -420,7 +426,7 @@ def run_reference(path: str, files: list[str], method: RefMethod, threshold: flo
 
 # -- icas ----------------------------------------------------------------------------------------
 def run_icas_job(path: str, method: str, threshold: float, batch_size: int, strategy: str,
-                 params: dict | None = None) -> dict[str, Any]:
+                 params: dict | None = None, feature_compute: str = "tasks") -> dict[str, Any]:
     import pyarrow.parquet as pq
 
     from icas_ray.pipeline.classic import cluster
@@ -430,7 +436,7 @@ def run_icas_job(path: str, method: str, threshold: float, batch_size: int, stra
     out = tempfile.mkdtemp(prefix="icas_bench_out_")
     cfg = ClusterConfig(method=method, method_params=params or {}, threshold=threshold,
                         batch_size=batch_size, strategy=None if strategy == "default" else strategy,
-                        overwrite=True)
+                        overwrite=True, feature_compute=feature_compute)
     t = time.perf_counter()
     with MemorySampler(tree=True) as mem:
         summary = cluster(path, out, cfg, resources=ResourceConfig(num_cpus=2))
@@ -540,7 +546,8 @@ def run_cluster_table(args: argparse.Namespace) -> int:
             # In-process first, while Ray is idle (right after a job its processes still wind
             # down, which shows in a 0.1 s measurement).
             pw = run_icas_pairwise(path, files, name, thr, args.batch_size, args.strategy)
-            job = run_icas_job(path, name, thr, args.batch_size, args.strategy)
+            job = run_icas_job(path, name, thr, args.batch_size, args.strategy,
+                               feature_compute=args.feature_compute)
             refs = [("original reading (native size)", RefMethod(name))]
             if name in [s.strip() for s in args.ref_icas_size.split(",")]:
                 rs = get_method(name).default_read.size
@@ -740,6 +747,75 @@ def run_hash_study(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_compute_study(args: argparse.Namespace) -> int:
+    """Whole jobs with feature extraction in Ray Data tasks and in an actor pool, alternately
+    (the machine's noise then hits both alike)."""
+    from icas_ray.datasets import read_truth
+    from icas_ray.features import get_method
+    from icas_ray.runtime import ResourceConfig, init_ray
+
+    methods = [get_method(m.strip()).name for m in args.methods.split(",") if m.strip()]
+    sizes = [int(x) for x in args.sizes.split(",") if x]
+    reps = 1 if args.quick else args.study_reps
+    if args.quick:
+        methods, sizes = methods[:1], [300]
+    init_ray(ResourceConfig(num_cpus=2))
+    run_icas_job(ensure_dataset(args.data, args.dataset, 300), "imagehash",
+                 THRESHOLDS[args.dataset]["imagehash"], args.batch_size, "default")  # warm-up
+    variants = ("tasks", "actors")
+    rows = []
+    for method in methods:
+        for n in sizes:
+            path = ensure_dataset(args.data, args.dataset, n)
+            truth = read_truth(path)
+            thr = THRESHOLDS[args.dataset][method]
+            runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+            for rep in range(reps):
+                for v in variants:
+                    job = run_icas_job(path, method, thr, args.batch_size, args.strategy, feature_compute=v)
+                    ari = partition_scores(truth, job["pred"])["ari"]
+                    runs[v].append({"wall_s": job["wall_s"], "timings": job["timings"], "ari": ari})
+                    print(f"{method} N={n} {v} #{rep + 1}: {job['wall_s']:.2f} s "
+                          f"(batches {job['timings'].get('batches_s')} s, writing "
+                          f"{job['timings'].get('writing_s')} s), ARI {ari}", flush=True)
+            summary = {}
+            for v in variants:
+                walls = sorted(r["wall_s"] for r in runs[v])
+                feats = sorted(r["timings"].get("batches_s", 0.0) for r in runs[v])
+                summary[v] = {"median_s": round(float(np.median(walls)), 2), "min_s": walls[0],
+                              "max_s": walls[-1], "median_batches_s": round(float(np.median(feats)), 2),
+                              "ari": sorted({r["ari"] for r in runs[v]})}
+            rows.append({"method": method, "n": n, "threshold": thr, "runs": runs, "summary": summary})
+    mach = machine()
+    out = {"benchmark": "feature_compute", "machine": mach, "date": time.strftime("%Y-%m-%d"),
+           "dataset": args.dataset, "batch_size": args.batch_size, "reps": reps, "rows": rows}
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "feature_compute.json"), "w") as f:
+        json.dump(out, f, indent=1)
+    md = ["# Feature extraction: Ray Data tasks or an actor pool", "",
+          f"Machine: {mach.get('cpu')}, {mach.get('cpus')} CPUs, {mach.get('memory_gib')} GiB; {out['date']}. "
+          "Produced by `.venv/bin/python scripts/bench.py cluster --compute-study "
+          f"--methods {','.join(methods)} --sizes {','.join(map(str, sizes))} --study-reps {reps}`.", "",
+          f"Whole `cluster()` jobs on {args.dataset} (batches of {args.batch_size}), {reps} per variant, the "
+          "variants alternating; Ray started once and warmed by one small job, as in cluster.md. *tasks*: "
+          "Ray Data tasks in Ray's pooled worker processes (icas's default); *actors*: a Ray Data actor "
+          "pool, whose actors are new processes started for each job. *batches s*: features and batch "
+          "clustering (the phase the variants differ in).", "",
+          "| method | N | variant | median s | min s | max s | median batches s | ARI |",
+          "|---|---:|---|---:|---:|---:|---:|---|"]
+    for r in rows:
+        for v in variants:
+            sm = r["summary"][v]
+            md.append(f"| {r['method']} | {r['n']} | {v} | {sm['median_s']:.2f} | {sm['min_s']:.2f} | "
+                      f"{sm['max_s']:.2f} | {sm['median_batches_s']:.2f} | "
+                      f"{', '.join(f'{a:.3f}' for a in sm['ari'])} |")
+    md.append("")
+    with open(os.path.join(args.out, "feature_compute.md"), "w") as f:
+        f.write("\n".join(md))
+    print(f"wrote {os.path.join(args.out, 'feature_compute.json')} and feature_compute.md")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     if args.render:
         with open(os.path.join(args.out, "cluster.json")) as f:
@@ -749,4 +825,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.hash_sizes:
         return run_hash_study(args)
+    if args.compute_study:
+        return run_compute_study(args)
     return run_cluster_table(args)

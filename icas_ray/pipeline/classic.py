@@ -2,10 +2,10 @@
 
 1. List the images (sorted by size) and cut them into batches; the listing is saved so that a
    resumed run sees the same files even after some were moved.
-2. A Ray Data actor pool reads, decodes and extracts features (one CPU-bound stage: decoded
-   pixels never cross the object store, only features do). Rows reach the driver in any
+2. Ray Data tasks (or an actor pool) read, decode and extract features (one CPU-bound stage:
+   decoded pixels never cross the object store, only features do). Rows reach the driver in any
    order; the driver assembles each batch in listing order.
-3. Each complete batch goes to a similarity task, beside the feature actors: its graph,
+3. Each complete batch goes to a similarity task, beside the feature workers: its graph,
    clusters and representatives are computed and persisted at once (the checkpoint a rerun
    resumes from).
 4. A merge actor receives every batch's representatives and merges batch clusters across
@@ -76,13 +76,16 @@ def _failpoint(name: str, count: int) -> None:
 # Ray Data UDFs (adapters over pure code)
 
 
-class _FeatureActor:
-    """Ray Data actor: reads, decodes and extracts the features of a batch of listed files (one
-    method instance per actor).
+class _FeatureExtractor:
+    """Reads, decodes and extracts the features of a batch of listed files (one method
+    instance per process).
 
     Reading and decoding happen here rather than in a map stage of their own: the decoded
     pixels then never leave the process (between two map stages, even fused ones, Ray Data
     turns them into an Arrow block and back), and only the features go on.
+
+    Ray Data runs it as an actor pool (``feature_compute="actors"``: the class is the UDF)
+    or in tasks (:func:`_extract_task`: one instance per worker process, kept between tasks).
     """
 
     def __init__(self, method: str, params: dict[str, Any], storage: Storage, read: ReadConfig) -> None:
@@ -106,6 +109,21 @@ class _FeatureActor:
             full[ok] = value
             out[f"f_{key}"] = full
         return out
+
+
+#: The task path's extractor of this worker process, with the job key it was built for.
+_TASK_EXTRACTOR: tuple[tuple[Any, ...], _FeatureExtractor] | None = None
+
+
+def _extract_task(batch: dict[str, np.ndarray], *, method: str, params: dict[str, Any],
+                  storage: Storage, read: ReadConfig) -> dict[str, np.ndarray]:
+    """Ray Data task UDF: :class:`_FeatureExtractor` built once per worker process and job
+    (Ray reuses task workers, so its tables, e.g. minhash's grid hashes, are built once)."""
+    global _TASK_EXTRACTOR
+    key = (method, sorted(params.items()), storage.options, read)
+    if _TASK_EXTRACTOR is None or _TASK_EXTRACTOR[0] != key:
+        _TASK_EXTRACTOR = (key, _FeatureExtractor(method, params, storage, read))
+    return _TASK_EXTRACTOR[1](batch)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -323,18 +341,30 @@ def _run_batches(files: Sequence[FileInfo], batches: np.ndarray, pending: set[in
     gpus = cluster_gpus()
     method = config.feature_method()
     use_gpu = gpus >= 1 and method.has_torch
-    # Fractional CPUs: a 2-CPU machine must fit readers, feature actors and batch tasks at
-    # once (whole-CPU actors deadlock Ray Data there).
-    actors = max(1, min(16, int(cpus)))
-    ds = listing_dataset(todo, columns={"batch": batches[sel], "row": sel})
+    # Fractional CPUs: a 2-CPU machine must fit feature workers and batch tasks at once
+    # (whole-CPU actors deadlock Ray Data there). Half the CPUs go to features; the batch tasks
+    # and the driver use the rest. An actor pool is capped (each actor is a process for the job).
+    workers = max(1, int(cpus)) if config.feature_compute == "tasks" else max(1, min(16, int(cpus)))
+    # Four blocks per worker, of up to 1024 rows: a task per block (the default compute)
+    # costs a worker lease and a scheduling round, which on 8000 minhash images made blocks of
+    # 250 rows slower than blocks of 1000.
+    ds = listing_dataset(todo, columns={"batch": batches[sel], "row": sel}, workers=workers,
+                         max_rows=1024, blocks_per_worker=4)
     # Rows come back roughly in listing order (= batch order); the driver buffers partial
     # batches, so strict ordering (which stalls the pipeline) is not needed.
     ds.context.execution_options.preserve_order = False
-    ds = ds.map_batches(_FeatureActor, fn_constructor_kwargs={
-                            "method": config.method, "params": dict(config.method_params),
-                            "storage": layout.storage, "read": config.read_config()},
-                        batch_size=_ROWS_PER_UDF_CALL, batch_format="numpy", num_cpus=0.5,
-                        compute=ray.data.ActorPoolStrategy(size=actors))
+    job = {"method": config.method, "params": dict(config.method_params),
+           "storage": layout.storage, "read": config.read_config()}
+    if config.feature_compute == "actors":
+        ds = ds.map_batches(_FeatureExtractor, fn_constructor_kwargs=job,
+                            batch_size=_ROWS_PER_UDF_CALL, batch_format="numpy", num_cpus=0.5,
+                            compute=ray.data.ActorPoolStrategy(size=workers))
+    else:
+        # Tasks start in Ray's pooled worker processes; each actor of a pool is a new process
+        # (about 2 s on a 2-CPU machine, every job: benchmarks/feature_compute.md).
+        ds = ds.map_batches(_extract_task, fn_kwargs=job, batch_size=_ROWS_PER_UDF_CALL,
+                            batch_format="numpy", num_cpus=0.5,
+                            compute=ray.data.TaskPoolStrategy(size=min(workers, ds.num_blocks())))
     batch_fn = ray.remote(_batch_task).options(num_cpus=1, num_gpus=0.25 if use_gpu else 0)
     buffers: dict[int, list[dict[str, np.ndarray]]] = defaultdict(list)
     counts: dict[int, int] = defaultdict(int)

@@ -14,10 +14,11 @@ from icas_ray.features import get_method
 from icas_ray.graph import STRATEGIES
 from icas_ray.images import DEFAULT_MAX_PIXELS, ReadConfig
 
-__all__ = ["OPTIONS", "TRANSFERS", "ClusterConfig", "load_config_file"]
+__all__ = ["FEATURE_COMPUTE", "OPTIONS", "TRANSFERS", "ClusterConfig", "load_config_file"]
 
 OPTIONS = ("all", "dontmerge", "merge")
 TRANSFERS = ("copy", "move")
+FEATURE_COMPUTE = ("tasks", "actors")
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,8 @@ class ClusterConfig:
         threshold_sample: images sampled to suggest a threshold.
         max_pixels: larger images are skipped as unreadable.
         files_per_task: files per writer task (None = about two tasks per CPU).
+        feature_compute: how Ray Data runs feature extraction: ``tasks`` (in Ray's pooled
+            worker processes) or ``actors`` (a pool of actors started for the job).
     """
 
     method: str = "imagehash"
@@ -66,6 +69,7 @@ class ClusterConfig:
     threshold_sample: int = 1000
     max_pixels: int = DEFAULT_MAX_PIXELS
     files_per_task: int | None = None
+    feature_compute: str = "tasks"
 
     def __post_init__(self) -> None:
         m = get_method(self.method, dict(self.method_params))  # validates name and params
@@ -82,7 +86,8 @@ class ClusterConfig:
         for name, value, allowed in (("option", self.option, OPTIONS),
                                      ("transfer", self.transfer, TRANSFERS),
                                      ("strategy", self.strategy, STRATEGIES),
-                                     ("merge mode", self.merge_mode, MERGE_MODES)):
+                                     ("merge mode", self.merge_mode, MERGE_MODES),
+                                     ("feature compute", self.feature_compute, FEATURE_COMPUTE)):
             if value not in allowed:
                 raise ConfigError(f"unknown {name} {value!r}: must be one of {', '.join(allowed)}")
         if self.time_limit_s is not None and self.time_limit_s <= 0:

@@ -33,12 +33,14 @@ MAX_ROWS_PER_BLOCK = 512
 
 
 def listing_dataset(files: Sequence[FileInfo], *, columns: dict[str, Sequence[Any]] | None = None,
-                    workers: int = 1, min_rows: int = MIN_ROWS_PER_BLOCK) -> ray.data.Dataset:
+                    workers: int = 1, min_rows: int = MIN_ROWS_PER_BLOCK,
+                    max_rows: int = MAX_ROWS_PER_BLOCK, blocks_per_worker: int = 8) -> ray.data.Dataset:
     """A Dataset with one row per file: ``uri``, ``size`` and any extra ``columns``.
 
-    The rows are cut into about 8 blocks per worker (``workers``: the actors or tasks that
-    will process them), of ``min_rows`` to ``MAX_ROWS_PER_BLOCK`` rows: Ray Data spends some
-    milliseconds on every block, and 8 blocks each keep the workers evenly busy to the end.
+    The rows are cut into about ``blocks_per_worker`` blocks per worker (``workers``: the
+    actors or tasks that will process them), of ``min_rows`` to ``max_rows`` rows: Ray Data
+    spends some milliseconds on every block (a task per block costs more: a worker lease and
+    a scheduling round each), and several blocks each keep the workers evenly busy to the end.
     An actor works on one block at a time, so work of seconds per image (segmentation,
     embeddings) wants small blocks (``min_rows=1``), or a few hundred images would all go to
     one actor. ``from_blocks`` keeps those blocks as they are and reads their metadata
@@ -55,7 +57,8 @@ def listing_dataset(files: Sequence[FileInfo], *, columns: dict[str, Sequence[An
     for name, values in (columns or {}).items():
         items[name] = pa.array(np.asarray(values))
     table = pa.table(items)
-    step = int(np.clip(-(-len(files) // (8 * max(1, workers))), max(1, min_rows), MAX_ROWS_PER_BLOCK))
+    per_block = -(-len(files) // (max(1, blocks_per_worker) * max(1, workers)))
+    step = int(np.clip(per_block, max(1, min_rows), max(max_rows, min_rows, 1)))
     # take(), not slice(): a slice pickles the whole table's buffers with it.
     blocks = [table.take(pa.array(np.arange(i, min(i + step, len(files)))))
               for i in range(0, len(files), step)] or [table]

@@ -48,6 +48,9 @@ from icas_ray.features import method_names
               help="Most representatives per batch cluster in the merge.")
 @click.option("--sniff", is_flag=True, default=None,
               help="Also list files without an image extension whose content is an image.")
+@click.option("--feature-compute", type=click.Choice(["tasks", "actors"]), default=None,
+              help="Run feature extraction in Ray Data tasks [default] or in an actor pool "
+                   "started for the job.")
 @click.option("--threshold-sample", type=click.IntRange(min=10), default=None,
               help="Images sampled to suggest a threshold [default: 1000; 300 for SSIM/ORB].")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
