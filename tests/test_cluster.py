@@ -122,6 +122,22 @@ def test_connected_strategy_gives_the_exhaustive_partition(digits200, tmp_path):
     assert cc["batch_comparisons"] + cc["merge_comparisons"] < ce["batch_comparisons"] + ce["merge_comparisons"]
 
 
+def test_actor_pool_gives_the_tasks_partition(digits200, tmp_path):  # type: ignore[no-untyped-def]
+    """--feature-compute actors (a Ray Data actor pool) computes what the default tasks do."""
+    parts = {}
+    for compute in ("tasks", "actors"):
+        out = str(tmp_path / compute)
+        s = cluster(digits200, out, ClusterConfig(method="imagehash", threshold=0.84, batch_size=50,
+                                                  feature_compute=compute))
+        assert s["parameters"]["feature_compute"] == compute
+        m = _manifest(out)
+        parts[compute] = {frozenset(g.uri) for _, g in m[m.cluster.notna()].groupby("cluster")}
+        _check_all_accounted(digits200, out, len(m))
+    assert parts["tasks"] == parts["actors"] and len(parts["tasks"]) > 5
+    with pytest.raises(ConfigError, match="unknown feature compute 'gpu': must be one of tasks, actors"):
+        ClusterConfig(feature_compute="gpu")
+
+
 def test_near_duplicates_group_by_photo(tmp_path):  # type: ignore[no-untyped-def]
     src = str(tmp_path / "nd")
     make_dataset("near-duplicates", src, count=120, seed=2, classes=8)
