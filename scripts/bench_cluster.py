@@ -527,7 +527,7 @@ def run_cluster_table(args: argparse.Namespace) -> int:
         sizes, extra, budget = [300], [], 5.0
     init_ray(ResourceConfig(num_cpus=2))
     # One small unmeasured job first: Ray's worker pool is started (as after any earlier job);
-    # every measured job still starts its own actors.
+    # every measured job still runs its own Ray Data stage (and, with actors, its own actors).
     run_icas_job(ensure_dataset(args.data, args.dataset, 300), "imagehash",
                  THRESHOLDS[args.dataset]["imagehash"], args.batch_size, "default")
     rows: list[dict[str, Any]] = []
@@ -591,7 +591,8 @@ def run_cluster_table(args: argparse.Namespace) -> int:
 def _write(args: argparse.Namespace, rows: list[dict[str, Any]], elapsed: float, budget: float,
            saved: dict[str, Any] | None = None) -> None:
     result = saved or {"benchmark": "cluster", "dataset": args.dataset, "batch_size": args.batch_size,
-              "strategy": args.strategy, "ray_cpus": 2, "reference_budget_s": budget,
+              "strategy": args.strategy, "feature_compute": args.feature_compute, "ray_cpus": 2,
+              "reference_budget_s": budget,
               "machine": machine(), "date": time.strftime("%Y-%m-%d"), "elapsed_s": round(elapsed, 1),
               "rows": rows}
     os.makedirs(args.out, exist_ok=True)
@@ -615,7 +616,9 @@ def _write(args: argparse.Namespace, rows: list[dict[str, Any]], elapsed: float,
         "copying files, manifest/report), with icas's default strategy and read size per method (column "
         "*strategy*: connected gives exhaustive's clusters without comparing pairs already joined). "
         "Ray is started once for the benchmark (not timed) and warmed by one small unmeasured job; every "
-        "measured job starts its own actors. Peak memory: RSS of the driver plus all Ray processes.",
+        f"measured job runs its own Ray Data stage, its feature extraction in {result.get('feature_compute', 'actors')} "
+        "(tasks: in Ray's pooled worker processes; actors: a pool of new processes per job; see "
+        "feature_compute.md). Peak memory: RSS of the driver plus all Ray processes.",
         "* **icas pairwise**: the same batches clustered in-process, on one core (`process_batch` + "
         f"`merge_batches`) on features extracted beforehand: vectorized similarity, graph, merge; the median "
         f"of {PAIRWISE_RUNS} runs, measured before the job while Ray is idle.",

@@ -361,7 +361,7 @@ def _run_batches(files: Sequence[FileInfo], batches: np.ndarray, pending: set[in
                             compute=ray.data.ActorPoolStrategy(size=workers))
     else:
         # Tasks start in Ray's pooled worker processes; each actor of a pool is a new process
-        # (about 2 s on a 2-CPU machine, every job: benchmarks/feature_compute.md).
+        # (2-3 s more per job on a 2-CPU machine: benchmarks/feature_compute.md).
         ds = ds.map_batches(_extract_task, fn_kwargs=job, batch_size=_ROWS_PER_UDF_CALL,
                             batch_format="numpy", num_cpus=0.5,
                             compute=ray.data.TaskPoolStrategy(size=min(workers, ds.num_blocks())))
