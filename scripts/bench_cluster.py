@@ -675,6 +675,16 @@ def _write(args: argparse.Namespace, rows: list[dict[str, Any]], elapsed: float,
 
 
 # -- the imagehash hash-size study ---------------------------------------------------------------
+def _write_study(out_dir: str, name: str, data: dict[str, Any], md: list[str]) -> None:
+    """``<out_dir>/<name>.json`` and ``<name>.md`` of a study."""
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
+        json.dump(data, f, indent=1)
+    with open(os.path.join(out_dir, f"{name}.md"), "w") as f:
+        f.write("\n".join(md + [""]))
+    print(f"wrote {os.path.join(out_dir, name + '.json')} and {name}.md")
+
+
 def run_hash_study(args: argparse.Namespace) -> int:
     from icas_ray.datasets import read_truth
     from icas_ray.features import get_method
@@ -725,9 +735,6 @@ def run_hash_study(args: argparse.Namespace) -> int:
            "read": "icas imagehash default read (max side 512)", "grid": grid,
            "grouping": "exhaustive single linkage over all pairs (one batch), similarity 1 - d/bits",
            "rows": rows}
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "imagehash_hash_size.json"), "w") as f:
-        json.dump(out, f, indent=1)
     md = ["# imagehash: hash size study", "",
           f"Machine: {mach.get('cpu')}, {mach.get('cpus')} CPUs, {mach.get('memory_gib')} GiB; {out['date']}. "
           "Produced by `.venv/bin/python scripts/bench.py cluster --hash-sizes` (numbers noisy: 2 cores "
@@ -743,10 +750,7 @@ def run_hash_study(args: argparse.Namespace) -> int:
         md.append(f"| {r['dataset']} | {r['hash_size']} | {r['highfreq_factor']} | {r['bits']} | "
                   f"{r['feature_ms_per_image']:.2f} | {r['pairwise_s_all_pairs']:.3f} | {b['threshold']:.2f} | "
                   f"{b['ari']:.3f} | {b['pair_f1']:.3f} |")
-    md.append("")
-    with open(os.path.join(args.out, "imagehash_hash_size.md"), "w") as f:
-        f.write("\n".join(md))
-    print(f"wrote {os.path.join(args.out, 'imagehash_hash_size.json')} and imagehash_hash_size.md")
+    _write_study(args.out, "imagehash_hash_size", out, md)
     return 0
 
 
@@ -792,9 +796,6 @@ def run_compute_study(args: argparse.Namespace) -> int:
     mach = machine()
     out = {"benchmark": "feature_compute", "machine": mach, "date": time.strftime("%Y-%m-%d"),
            "dataset": args.dataset, "batch_size": args.batch_size, "reps": reps, "rows": rows}
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "feature_compute.json"), "w") as f:
-        json.dump(out, f, indent=1)
     md = ["# Feature extraction: Ray Data tasks or an actor pool", "",
           f"Machine: {mach.get('cpu')}, {mach.get('cpus')} CPUs, {mach.get('memory_gib')} GiB; {out['date']}. "
           "Produced by `.venv/bin/python scripts/bench.py cluster --compute-study "
@@ -812,10 +813,7 @@ def run_compute_study(args: argparse.Namespace) -> int:
             md.append(f"| {r['method']} | {r['n']} | {v} | {sm['median_s']:.2f} | {sm['min_s']:.2f} | "
                       f"{sm['max_s']:.2f} | {sm['median_batches_s']:.2f} | "
                       f"{', '.join(f'{a:.3f}' for a in sm['ari'])} |")
-    md.append("")
-    with open(os.path.join(args.out, "feature_compute.md"), "w") as f:
-        f.write("\n".join(md))
-    print(f"wrote {os.path.join(args.out, 'feature_compute.json')} and feature_compute.md")
+    _write_study(args.out, "feature_compute", out, md)
     return 0
 
 

@@ -30,6 +30,12 @@ def _manifest(output: str, storage=None):  # type: ignore[no-untyped-def]
     return pq.read_table(io.BytesIO(storage.read_bytes(storage.join(output, "manifest.parquet")))).to_pandas()
 
 
+def _clusters(output: str) -> set[frozenset[str]]:
+    """The manifest's clusters, each as the set of its members' URIs."""
+    m = _manifest(output)
+    return {frozenset(g.uri) for _, g in m[m.cluster.notna()].groupby("cluster")}
+
+
 def _result_files(output: str) -> list[str]:
     found = []
     for root, _, files in os.walk(os.path.join(output, "results")):
@@ -109,31 +115,31 @@ def test_digits_small_accuracy(digits200, tmp_path, method, threshold, min_ari):
     _check_all_accounted(digits200, out, 200)
 
 
-def test_connected_strategy_gives_the_exhaustive_partition(digits200, tmp_path):  # type: ignore[no-untyped-def]
+def _variants(input_dir: str, tmp_path, option: str, values: tuple[str, ...], **config):  # type: ignore[no-untyped-def]
+    """One job per value of ``option`` on ``input_dir``: ``{value: (summary, clusters)}``."""
     runs = {}
-    for strategy in ("exhaustive", "connected"):
-        out = str(tmp_path / strategy)
-        s = cluster(digits200, out, ClusterConfig(method="SSIM", threshold=0.9, batch_size=50,
-                                                  strategy=strategy))
-        m = _manifest(out).sort_values("uri")
-        runs[strategy] = (s, [frozenset(g.uri) for _, g in m[m.cluster.notna()].groupby("cluster")])
-    assert set(runs["exhaustive"][1]) == set(runs["connected"][1])
+    for value in values:
+        out = str(tmp_path / value)
+        summary = cluster(input_dir, out, ClusterConfig(batch_size=50, **config, **{option: value}))
+        assert summary["parameters"][option] == value
+        _check_all_accounted(input_dir, out, summary["counts"]["images"])
+        runs[value] = (summary, _clusters(out))
+    return runs
+
+
+def test_connected_strategy_gives_the_exhaustive_partition(digits200, tmp_path):  # type: ignore[no-untyped-def]
+    runs = _variants(digits200, tmp_path, "strategy", ("exhaustive", "connected"), method="SSIM",
+                     threshold=0.9)
+    assert runs["exhaustive"][1] == runs["connected"][1]
     ce, cc = (runs[k][0]["comparisons"] for k in ("exhaustive", "connected"))
     assert cc["batch_comparisons"] + cc["merge_comparisons"] < ce["batch_comparisons"] + ce["merge_comparisons"]
 
 
 def test_actor_pool_gives_the_tasks_partition(digits200, tmp_path):  # type: ignore[no-untyped-def]
     """--feature-compute actors (a Ray Data actor pool) computes what the default tasks do."""
-    parts = {}
-    for compute in ("tasks", "actors"):
-        out = str(tmp_path / compute)
-        s = cluster(digits200, out, ClusterConfig(method="imagehash", threshold=0.84, batch_size=50,
-                                                  feature_compute=compute))
-        assert s["parameters"]["feature_compute"] == compute
-        m = _manifest(out)
-        parts[compute] = {frozenset(g.uri) for _, g in m[m.cluster.notna()].groupby("cluster")}
-        _check_all_accounted(digits200, out, len(m))
-    assert parts["tasks"] == parts["actors"] and len(parts["tasks"]) > 5
+    runs = _variants(digits200, tmp_path, "feature_compute", ("tasks", "actors"), method="imagehash",
+                     threshold=0.84)
+    assert runs["tasks"][1] == runs["actors"][1] and len(runs["tasks"][1]) > 5
     with pytest.raises(ConfigError, match="unknown feature compute 'gpu': must be one of tasks, actors"):
         ClusterConfig(feature_compute="gpu")
 
