@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from icas_ray.features import FeatureMethod, concat_features
+from icas_ray.graph import _find
 from icas_ray.images import DecodeError, decode
 from icas_ray.storage import FileInfo, Storage
 
@@ -179,18 +180,11 @@ def _agreement_by_cut(a: np.ndarray, b: np.ndarray, groups: np.ndarray) -> np.nd
     held[rows, column[groups[rows]]] = 1
     size = np.ones(n, np.int64)
     parent = np.arange(n)
-
-    def root(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = int(parent[x])
-        return x
-
     together = np.empty(len(a), np.float64)  # pairs in one component and one group
     linked = np.empty(len(a), np.float64)  # pairs in one component
     both = linked_sum = 0
     for k, (x, y) in enumerate(zip(a.tolist(), b.tolist())):
-        rx, ry = root(x), root(y)  # tree edges always join two components
+        rx, ry = _find(parent, np.array((x, y))).tolist()  # a tree edge joins two components
         both += int(held[rx] @ held[ry])
         linked_sum += int(size[rx] * size[ry])
         parent[ry] = rx
