@@ -1,0 +1,99 @@
+"""Paths that stay where they belong: sanitised relative paths and containment checks.
+
+Every file icas-ray writes is ``root`` joined with a relative path derived from an input's
+name, and every file a server reads on a client's behalf must lie under a root the operator
+allowed. Input names are not trusted: a local file may be called ``x\\..\\..\\ESCAPED.png``
+(a backslash is an ordinary character on POSIX) and an S3 key may hold ``../``. This module
+turns such names into relative paths with no way out, and checks the final path against its
+root after resolving symlinks (local) or normalising the key (object stores).
+
+Example:
+    >>> safe_relpath("x\\\\..\\\\..\\\\ESCAPED.png")
+    'x/%2E%2E/%2E%2E/ESCAPED.png'
+    >>> safe_relpath("/abs/./a.png")
+    'abs/a.png'
+    >>> is_inside("/data", "/data/sub/../a.png"), is_inside("/data", "/data/../etc/passwd")
+    (True, False)
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+
+from icas_ray.errors import StorageError
+
+__all__ = ["is_inside", "join_inside", "normalise_uri", "safe_relpath"]
+
+
+def _scheme(uri: str) -> str:
+    return uri.split("://", 1)[0].lower() if "://" in uri else "file"
+
+
+def safe_relpath(rel: str) -> str:
+    """A ``/``-separated relative path with no empty, ``.`` or ``..`` part.
+
+    Both ``/`` and ``\\`` separate parts (a name made on Windows, or crafted to climb on a
+    POSIX reader that splits on backslashes). ``..`` becomes ``%2E%2E`` rather than being
+    dropped, so that ``a/../b.png`` cannot collide with a real ``a/b.png``; empty and ``.``
+    parts (``//``, ``./``, a leading ``/`` or a drive's ``C:``) are dropped.
+
+    Raises:
+        StorageError: nothing is left of ``rel`` (``""``, ``"/"``, ``"."``).
+    """
+    parts = []
+    for part in rel.replace("\\", "/").split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            part = "%2E%2E"
+        elif len(part) == 2 and part[1] == ":" and not parts:
+            continue  # a Windows drive letter at the start
+        parts.append(part)
+    if not parts:
+        raise StorageError(f"{rel!r} names no file: expected a relative path such as 'sub/a.png'")
+    return "/".join(parts)
+
+
+def normalise_uri(uri: str) -> str:
+    """One comparable form of a URI: local paths absolute with symlinks resolved (no
+    ``file://``), object-store keys ``scheme://bucket/key`` with ``.``/``..``/``//`` collapsed."""
+    scheme = _scheme(uri)
+    if scheme == "file":
+        path = uri[len("file://"):] if uri.startswith("file://") else uri
+        return os.path.realpath(os.path.abspath(os.path.expanduser(path)))
+    rest = uri.split("://", 1)[1]
+    norm = posixpath.normpath("/" + rest).lstrip("/")
+    return f"{scheme}://{norm}"
+
+
+def is_inside(root: str, uri: str) -> bool:
+    """True if ``uri`` is ``root`` or lies under it, compared in :func:`normalise_uri` form
+    (so ``..`` and local symlinks cannot lead out). Different schemes are never inside."""
+    if _scheme(root) != _scheme(uri):
+        return False
+    r, u = normalise_uri(root), normalise_uri(uri)
+    if u == r:
+        return True
+    sep = os.sep if _scheme(root) == "file" else "/"
+    return u.startswith(r.rstrip(sep) + sep)
+
+
+def join_inside(root: str, rel: str) -> str:
+    """``root`` joined with :func:`safe_relpath` of ``rel``, checked to stay inside ``root``
+    (a symlink inside the output that points elsewhere is refused).
+
+    Local roots join with ``os.path.join``; URIs with ``/``.
+
+    Raises:
+        StorageError: the result would lie outside ``root``.
+    """
+    safe = safe_relpath(rel)
+    if _scheme(root) == "file" and not root.startswith("file://"):
+        path = os.path.join(root, *safe.split("/"))
+    else:
+        path = root.rstrip("/") + "/" + safe
+    if not is_inside(root, path):
+        raise StorageError(f"{rel!r} would be written outside {root!r}: refusing it "
+                           "(a symlink or '..' in the output leads out)")
+    return path
