@@ -1,0 +1,201 @@
+"""The `icas label` page in headless Chromium: paint, save, undo, cut, continuous modes,
+navigation, session resume, template painting, GrabCut, cluster proposals.
+
+One browser for the module; one label server per test on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from test_label_client_support import (
+    GREEN,
+    RED,
+    PageDriver,
+    make_scenes,
+    mask_path,
+    quadrant_labels,
+    read_mask,
+    write_png,
+)
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    from conftest import CHROMIUM, CHROMIUM_ARGS
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+class Labelling:
+    """A running label server on generated scenes and a page open on it."""
+
+    def __init__(self, browser: Any, tmp: str, names: list[str], **config: Any) -> None:
+        from icas_ray.client import LabelConfig, start_server
+
+        self.folder, self.preseg = make_scenes(tmp, names, preseg=config.pop("preseg", True))
+        if "presegmented" not in config and os.path.isdir(self.preseg):
+            config["presegmented"] = self.preseg
+        self.out = self.folder + "_segmented"
+        self.config = LabelConfig(self.folder, port=0, **config)
+        self.server = start_server(self.config)
+        self.context = browser.new_context(viewport={"width": 1100, "height": 800})
+        self.page = self.context.new_page()
+        self.page.on("dialog", lambda d: d.accept())
+        self.ui = PageDriver(self.page)
+        self.open()
+
+    def open(self) -> None:
+        self.page.goto(self.server.url)
+        self.ui.wait_ready()
+
+    def restart(self) -> None:
+        """Stop the server and start a new one on the same folder and output."""
+        from icas_ray.client import start_server
+
+        self.server.stop()
+        self.server = start_server(self.config)
+
+    def close(self) -> None:
+        self.context.close()
+        self.server.stop()
+
+    def masks(self) -> list[str]:
+        if not os.path.isdir(self.out):
+            return []
+        return sorted(f for f in os.listdir(self.out) if "_mask_" in f)
+
+
+@pytest.fixture
+def labelling(browser: Any, tmp_path: Any) -> Iterator[Any]:
+    made: list[Labelling] = []
+
+    def make(names: list[str] | None = None, **config: Any) -> Labelling:
+        lab = Labelling(browser, str(tmp_path), names or ["a.png", "b.png", "c.png"], **config)
+        made.append(lab)
+        return lab
+
+    yield make
+    for lab in made:
+        lab.close()
+
+
+Q = quadrant_labels()
+TL, TR, BL, BR = (20, 15), (90, 15), (20, 70), (90, 70)  # a pixel in each quadrant
+
+
+def test_click_a_segment_and_space_writes_its_mask(labelling) -> None:  # type: ignore[no-untyped-def]
+    lab = labelling()
+    assert lab.ui.js("icas.colour") == 1  # a colour is selected from the start
+    lab.ui.click(*TL)
+    assert lab.ui.js("icas.dirty") is True
+    lab.ui.key(" ")
+    assert lab.masks() == ["a_mask_(R:204,G:0,B:0).png"]
+    m = read_mask(mask_path(lab.out, "a", RED))
+    assert np.array_equal(m, Q == 1)
+    assert lab.ui.js("icas.index") == 1  # space moved on to the next image
+    assert "saved a_mask_(R:204,G:0,B:0).png" in lab.ui.js("icas.status")
+
+
+def test_right_click_unfills_and_colours_are_picked_with_digits(labelling) -> None:  # type: ignore[no-untyped-def]
+    lab = labelling()
+    lab.ui.click(*TL)
+    lab.ui.click(*TL, button="right")
+    lab.page.keyboard.press("2")
+    lab.ui.click(*BR)
+    lab.ui.key(" ")
+    assert lab.masks() == ["a_mask_(R:0,G:170,B:0).png"]
+    assert np.array_equal(read_mask(mask_path(lab.out, "a", GREEN)), Q == 4)
+
+
+def test_a_cut_splits_a_segment(labelling) -> None:  # type: ignore[no-untyped-def]
+    lab = labelling()
+    # A vertical cut through the top-left quadrant (x = 30), by two middle clicks.
+    lab.ui.click(30, 0, button="middle")
+    lab.ui.click(30, 44, button="middle")
+    lab.ui.click(10, 20)  # the left piece only
+    lab.ui.key(" ")
+    m = read_mask(mask_path(lab.out, "a", RED))
+    expected = (Q == 1).copy()
+    expected[:, 30:] = False
+    assert np.array_equal(m, expected)
+
+
+def test_z_undoes_the_last_action(labelling) -> None:  # type: ignore[no-untyped-def]
+    lab = labelling()
+    lab.ui.click(*TL)
+    lab.ui.click(*TR)
+    lab.ui.key("z")
+    assert lab.ui.js("icas.painting.undoDepth") == 1
+    lab.ui.key(" ")
+    assert np.array_equal(read_mask(mask_path(lab.out, "a", RED)), Q == 1)
+
+
+def test_n_and_p_move_without_saving(labelling) -> None:  # type: ignore[no-untyped-def]
+    lab = labelling()
+    lab.ui.click(*TL)
+    lab.ui.key("n")
+    assert lab.ui.js("icas.index") == 1
+    assert lab.ui.js("icas.meta.name") == "b.png"
+    lab.ui.key("ArrowRight")
+    assert lab.ui.js("icas.index") == 2
+    lab.ui.key("p")
+    lab.ui.key("a")
+    assert lab.ui.js("icas.index") == 0
+    assert lab.ui.js("icas.painting.painted()") == 0  # the unsaved paint was dropped
+    assert lab.masks() == []
+
+
+def test_double_click_toggles_continuous_filling_along_the_mouse_path(labelling) -> None:  # type: ignore[no-untyped-def]
+    lab = labelling()
+    lab.ui.dblclick(*TL)
+    assert lab.ui.js("icas.continuous") == "fill"
+    assert "continuous fill" in lab.page.inner_text("#mode")
+    lab.ui.move(*TR, steps=12)  # along the top: crosses the edge into the top-right quadrant
+    lab.ui.dblclick(*TR)
+    assert lab.ui.js("icas.continuous") is None
+    lab.ui.move(*BR, steps=12)  # continuous mode is off: nothing more is filled
+    # The double click's first click filled (one step); the whole stroke is one more.
+    assert lab.ui.js("icas.painting.undoDepth") == 2
+    lab.ui.key(" ")
+    assert np.array_equal(read_mask(mask_path(lab.out, "a", RED)), (Q == 1) | (Q == 2))
+
+
+def test_double_right_click_unfills_continuously(labelling) -> None:  # type: ignore[no-untyped-def]
+    lab = labelling()
+    for p in (TL, TR, BL):
+        lab.ui.click(*p)
+    lab.ui.dblclick(*BL, button="right")
+    assert lab.ui.js("icas.continuous") == "unfill"
+    lab.ui.move(*TL, steps=12)
+    lab.ui.dblclick(*TL, button="right")
+    lab.ui.key(" ")
+    assert np.array_equal(read_mask(mask_path(lab.out, "a", RED)), Q == 2)
+
+
+def test_reset_and_debug_view(labelling) -> None:  # type: ignore[no-untyped-def]
+    lab = labelling()
+    lab.ui.click(*TL)
+    lab.ui.key("v")
+    assert lab.ui.js("icas.debug") is True
+    assert "debug" in lab.page.inner_text("#mode")
+    lab.ui.key("v")
+    lab.ui.key("r")
+    assert lab.ui.js("icas.painting.painted()") == 0
+    lab.ui.key("z")  # reset is undoable
+    assert lab.ui.js("icas.painting.painted()") == int((Q == 1).sum())
