@@ -49,6 +49,9 @@ class Labelling:
         from icas_ray.client import LabelConfig, start_server
 
         self.folder, self.preseg = make_scenes(tmp, names, preseg=config.pop("preseg", True))
+        setup = config.pop("setup", None)
+        if setup is not None:
+            config.update(setup(self.folder, tmp))
         if "presegmented" not in config and os.path.isdir(self.preseg):
             config["presegmented"] = self.preseg
         self.out = self.folder + "_segmented"
@@ -56,7 +59,8 @@ class Labelling:
         self.server = start_server(self.config)
         self.context = browser.new_context(viewport={"width": 1100, "height": 800})
         self.page = self.context.new_page()
-        self.page.on("dialog", lambda d: d.accept())
+        self.on_dialog = lambda d: d.accept()
+        self.page.on("dialog", lambda d: self.on_dialog(d))
         self.ui = PageDriver(self.page)
         self.open()
 
@@ -199,3 +203,94 @@ def test_reset_and_debug_view(labelling) -> None:  # type: ignore[no-untyped-def
     assert lab.ui.js("icas.painting.painted()") == 0
     lab.ui.key("z")  # reset is undoable
     assert lab.ui.js("icas.painting.painted()") == int((Q == 1).sum())
+
+
+def test_a_reload_and_a_restart_resume_the_session(labelling) -> None:  # type: ignore[no-untyped-def]
+    lab = labelling()
+    lab.ui.click(*TL)
+    lab.ui.key(" ")                     # a.png done, now on b.png
+    lab.ui.key("n")                     # on c.png, nothing saved
+    assert lab.ui.js("icas.index") == 2
+    lab.open()                          # reload the page
+    assert lab.ui.js("icas.index") == 2
+    assert lab.ui.js("icas.state.images.map(i => i.done)") == [True, False, False]
+    lab.restart()                       # a new server on the same output
+    lab.open()
+    assert lab.ui.js("icas.index") == 2
+    assert "1/3" not in lab.page.inner_text("#progress") and "1 done" in lab.page.inner_text("#progress")
+    lab.ui.key("p")
+    lab.ui.key("p")                     # back on a.png: its saved mask is shown again
+    assert lab.ui.js("icas.meta.done") is True
+    assert lab.ui.js("icas.painting.painted()") == int((Q == 1).sum())
+    lab.ui.click(*TR)                   # add to it and save again
+    lab.ui.key(" ")
+    assert np.array_equal(read_mask(mask_path(lab.out, "a", RED)), (Q == 1) | (Q == 2))
+    session = json.load(open(os.path.join(lab.out, ".icas_label", "session.json")))
+    assert sorted(session["done"]) == ["a.png"] and session["current"] == "b.png"
+
+
+def test_quit_asks_before_dropping_unsaved_paint_and_stops_the_server(labelling) -> None:  # type: ignore[no-untyped-def]
+    import requests
+
+    lab = labelling()
+    asked: list[str] = []
+    lab.on_dialog = lambda d: (asked.append(d.message), d.dismiss())
+    lab.ui.click(*TL)
+    lab.ui.key("q")                     # dismissed: still running
+    assert asked and "unsaved" in asked[0]
+    assert requests.get(lab.server.url + "api/state", timeout=5).status_code == 200
+    lab.ui.key(" ")
+    lab.ui.key("q")                     # nothing unsaved: no question, the server stops
+    assert len(asked) == 1
+    lab.server.thread.join(10)
+    assert not lab.server.thread.is_alive()
+    assert "stopped" in lab.ui.js("icas.status")
+
+
+def _plant_template(folder: str, tmp: str) -> dict[str, Any]:
+    """A 12x12 pattern planted in c.png at (70, 55); its template and segment folders."""
+    from icas_ray.client import TemplateDirs
+    from test_label_client_support import quadrant_image
+
+    rng = np.random.default_rng(5)
+    pattern = rng.integers(40, 255, (12, 12, 3)).astype(np.uint8)
+    img = quadrant_image(seed=2)
+    img[55:67, 70:82] = pattern
+    write_png(os.path.join(folder, "c.png"), img)
+    write_png(os.path.join(tmp, "tpl", "templates", "thing.png"), pattern)
+    seg = np.zeros((12, 12, 3), np.uint8)
+    seg[2:10, 2:10] = (255, 0, 255)  # paints the middle 8x8 (black = not painted)
+    write_png(os.path.join(tmp, "tpl", "segments", "thing.png"), seg)
+    return {"templates": TemplateDirs(os.path.join(tmp, "tpl", "templates"),
+                                      os.path.join(tmp, "tpl", "segments"))}
+
+
+def test_template_painting_paints_a_planted_template(labelling) -> None:  # type: ignore[no-untyped-def]
+    lab = labelling(setup=_plant_template)
+    lab.ui.key("n")
+    lab.ui.key("n")
+    assert lab.ui.js("icas.meta.name") == "c.png"
+    lab.ui.key("t")
+    assert "1 placement" in lab.ui.js("icas.status")
+    lab.ui.key(" ")
+    assert lab.masks() == ["c_mask_(R:255,G:0,B:255).png"]
+    expected = np.zeros(Q.shape, bool)
+    expected[57:65, 72:80] = True
+    assert np.array_equal(read_mask(mask_path(lab.out, "c", (255, 0, 255))), expected)
+
+
+def test_grabcut_mode_segments_a_rectangle_into_a_mask(labelling) -> None:  # type: ignore[no-untyped-def]
+    lab = labelling(preseg=False, method="grabcut")
+    assert lab.ui.js("icas.mode") == "grabcut"   # --method grabcut opens in its mode
+    lab.ui.drag((57, 41), (119, 89), button="middle")   # the rectangle round the bottom-right
+    lab.ui.key(" ")                                       # one iteration
+    assert lab.ui.js("icas.grabcut.iterations") == 1
+    lab.ui.key(" ")
+    lab.ui.key("f")                                       # finish: segments for painting
+    assert lab.ui.js("icas.mode") == "paint"
+    lab.ui.click(*BR)
+    lab.ui.key(" ")
+    m = read_mask(mask_path(lab.out, "a", RED))
+    truth = Q == 4
+    iou = (m & truth).sum() / (m | truth).sum()
+    assert iou > 0.85, iou
