@@ -37,7 +37,11 @@ from PIL import Image
 from icas_ray.errors import ConfigError
 from icas_ray.storage import Storage
 
-__all__ = ["DATASET_KINDS", "DatasetInfo", "NEAR_DUPLICATE_PHOTOS", "make_dataset", "read_truth"]
+__all__ = [
+    "DATASET_KINDS", "DatasetInfo", "NEAR_DUPLICATE_PHOTOS", "NearDuplicate", "Variant",
+    "apply_variant", "draw_variant", "make_dataset", "near_duplicate_objects", "photo_object",
+    "read_truth", "warp_mask",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -114,22 +118,69 @@ def _load_photo(name: str) -> np.ndarray:
     return np.ascontiguousarray(photo)
 
 
-def near_duplicate(photo: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, int]:
-    """A random variant of ``photo`` and the JPEG quality to save it with."""
-    h, w = photo.shape[:2]
+@dataclass(frozen=True)
+class Variant:
+    """How :func:`near_duplicate` changes a photo, in the order it applies the changes.
+
+    Attributes:
+        y0, x0, height, width: the crop box, in photo pixels.
+        angle: rotation in degrees about the crop's centre (counter-clockwise).
+        size: ``(width, height)`` after resizing.
+        alpha, beta: contrast and brightness (``value * alpha + beta``).
+        quality: JPEG quality it is saved with.
+    """
+
+    y0: int
+    x0: int
+    height: int
+    width: int
+    angle: float
+    size: tuple[int, int]
+    alpha: float
+    beta: float
+    quality: int
+
+
+def draw_variant(shape: tuple[int, ...], rng: np.random.Generator) -> Variant:
+    """A random :class:`Variant` of a photo of ``shape`` (crop 80-95%, rotation up to 5
+    degrees, resize 60-100%, brightness/contrast jitter, JPEG quality 60-90)."""
+    h, w = shape[:2]
     fh, fw = rng.uniform(0.80, 0.95, size=2)
     ch, cw = int(h * fh), int(w * fw)
     y0 = int(rng.integers(0, h - ch + 1))
     x0 = int(rng.integers(0, w - cw + 1))
-    img = photo[y0:y0 + ch, x0:x0 + cw]
     angle = float(rng.uniform(-5, 5))
-    m = cv2.getRotationMatrix2D((cw / 2, ch / 2), angle, 1.0)
-    img = cv2.warpAffine(img, m, (cw, ch), borderMode=cv2.BORDER_REFLECT)
     f = float(rng.uniform(0.6, 1.0))
-    img = cv2.resize(img, (max(16, round(cw * f)), max(16, round(ch * f))), interpolation=cv2.INTER_AREA)
+    size = (max(16, round(cw * f)), max(16, round(ch * f)))
     alpha, beta = float(rng.uniform(0.85, 1.15)), float(rng.uniform(-20, 20))
-    img = np.clip(img.astype(np.float32) * alpha + beta, 0, 255).astype(np.uint8)
-    return img, int(rng.integers(60, 91))
+    return Variant(y0, x0, ch, cw, angle, size, alpha, beta, int(rng.integers(60, 91)))
+
+
+def _rotation(v: Variant) -> np.ndarray:
+    return cv2.getRotationMatrix2D((v.width / 2, v.height / 2), v.angle, 1.0)
+
+
+def apply_variant(photo: np.ndarray, v: Variant) -> np.ndarray:
+    """The variant's image (before its JPEG encoding): ``(h, w, 3) uint8``."""
+    img = photo[v.y0:v.y0 + v.height, v.x0:v.x0 + v.width]
+    img = cv2.warpAffine(img, _rotation(v), (v.width, v.height), borderMode=cv2.BORDER_REFLECT)
+    img = cv2.resize(img, v.size, interpolation=cv2.INTER_AREA)
+    return np.clip(img.astype(np.float32) * v.alpha + v.beta, 0, 255).astype(np.uint8)
+
+
+def warp_mask(mask: np.ndarray, v: Variant) -> np.ndarray:
+    """A ``(H, W) bool`` mask of the photo moved as :func:`apply_variant` moves its pixels
+    (the rotated-in corners, which the image fills by reflection, are outside the mask)."""
+    m = np.asarray(mask, np.float32)[v.y0:v.y0 + v.height, v.x0:v.x0 + v.width]
+    m = cv2.warpAffine(m, _rotation(v), (v.width, v.height), flags=cv2.INTER_LINEAR,
+                       borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return np.asarray(cv2.resize(m, v.size, interpolation=cv2.INTER_AREA) >= 0.5)
+
+
+def near_duplicate(photo: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    """A random variant of ``photo`` and the JPEG quality to save it with."""
+    v = draw_variant(photo.shape, rng)
+    return apply_variant(photo, v), v.quality
 
 
 def _broken_files(rng: np.random.Generator) -> list[tuple[str, bytes]]:
@@ -152,23 +203,107 @@ def _digits(count: int, rng: np.random.Generator, colour_jitter: bool,
     return items
 
 
-def _near_duplicates(count: int, rng: np.random.Generator, classes: int | None,
-                     ) -> list[tuple[str, str, Callable[[], bytes]]]:
+def _near_duplicate_plan(count: int, rng: np.random.Generator, classes: int | None,
+                         ) -> list[tuple[str, str, np.random.Generator]]:
+    """``(file name, photo name, the variant's generator)`` of each near-duplicate image."""
     names = NEAR_DUPLICATE_PHOTOS[: classes or len(NEAR_DUPLICATE_PHOTOS)]
-    photos: dict[str, np.ndarray] = {}
-    items = []
+    plan = []
     for i in range(count):
         name = names[i % len(names)]
+        plan.append((f"{i:05d}_{name}.jpg", name, np.random.default_rng(rng.integers(0, 2**63))))
+    return plan
+
+
+def _near_duplicates(count: int, rng: np.random.Generator, classes: int | None,
+                     ) -> list[tuple[str, str, Callable[[], bytes]]]:
+    photos: dict[str, np.ndarray] = {}
+    items = []
+    for file_name, name, child in _near_duplicate_plan(count, rng, classes):
         if name not in photos:
             photos[name] = _load_photo(name)
-        child = np.random.default_rng(rng.integers(0, 2**63))
 
         def make(p: np.ndarray = photos[name], r: np.random.Generator = child) -> bytes:
             img, quality = near_duplicate(p, r)
             return _jpeg(img, quality)
 
-        items.append((f"{i:05d}_{name}.jpg", name, make))
+        items.append((file_name, name, make))
     return items
+
+
+def photo_object(photo: np.ndarray) -> np.ndarray:
+    """The ground-truth object of a near-duplicate photo: one region that follows its content.
+
+    No photo ships with an object mask, so one is chosen by rule, the same every time:
+    Felzenszwalb's segmentation of the photo, then the segment covering 1-40% of it whose
+    pixels lie closest to the centre on average, segments touching the border last. A photo
+    with no such segment (a starry sky) gets a centred ellipse of 22% of each side's radius.
+
+    Args:
+        photo: ``(H, W, 3) uint8`` (e.g. ``_load_photo(name)``).
+
+    Returns:
+        ``(H, W) bool``.
+    """
+    from skimage.segmentation import felzenszwalb
+
+    h, w = photo.shape[:2]
+    seg = felzenszwalb(photo, scale=float(max(h, w)), sigma=0.8, min_size=h * w // 300)
+    yy, xx = np.mgrid[:h, :w]
+    dist = np.hypot((yy - h / 2) / h, (xx - w / 2) / w)
+    sizes = np.bincount(seg.ravel())
+    mean_dist = np.bincount(seg.ravel(), weights=dist.ravel()) / np.maximum(sizes, 1)
+    border = np.zeros(len(sizes), bool)
+    border[np.unique(np.concatenate([seg[0], seg[-1], seg[:, 0], seg[:, -1]]))] = True
+    share = sizes / float(h * w)
+    cost = np.where((share >= 0.01) & (share <= 0.40), mean_dist + 0.5 * border, np.inf)
+    if not np.isfinite(cost).any():
+        return np.asarray(((yy - h / 2) / (0.22 * h)) ** 2 + ((xx - w / 2) / (0.22 * w)) ** 2 <= 1)
+    return np.asarray(seg == int(np.argmin(cost)))
+
+
+@dataclass(frozen=True)
+class NearDuplicate:
+    """One near-duplicate image with its ground truth.
+
+    Attributes:
+        file: its file name in the data set (``00003_coffee.jpg``).
+        label: its group, the photo's name.
+        image: ``(h, w, 3) uint8`` RGB, decoded from the same JPEG bytes as the file.
+        object: ``(h, w) bool``, the photo's :func:`photo_object` moved with the image.
+        variant: how the photo was changed.
+    """
+
+    file: str
+    label: str
+    image: np.ndarray
+    object: np.ndarray
+    variant: Variant
+
+
+def near_duplicate_objects(count: int = 100, *, seed: int = 0, classes: int | None = None,
+                           ) -> list[NearDuplicate]:
+    """The images ``make_dataset("near-duplicates", ..., count, seed, classes)`` writes, in
+    memory, each with the ground-truth mask of one object (:func:`photo_object`).
+
+    Example:
+        >>> items = near_duplicate_objects(4, seed=0, classes=2)
+        >>> [(d.file, d.label) for d in items][:2]
+        [('00000_astronaut.jpg', 'astronaut'), ('00001_camera.jpg', 'camera')]
+        >>> items[0].object.shape == items[0].image.shape[:2]
+        True
+    """
+    photos: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    out = []
+    for file_name, name, child in _near_duplicate_plan(count, np.random.default_rng(seed), classes):
+        if name not in photos:
+            photo = _load_photo(name)
+            photos[name] = (photo, photo_object(photo))
+        photo, obj = photos[name]
+        v = draw_variant(photo.shape, child)
+        data = _jpeg(apply_variant(photo, v), v.quality)
+        image = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+        out.append(NearDuplicate(file_name, name, image, warp_mask(obj, v), v))
+    return out
 
 
 DATASET_KINDS = ("digits", "near-duplicates")

@@ -318,9 +318,10 @@ def test_doctests() -> None:
     import icas_ray.label.coco
     import icas_ray.label.export
     import icas_ray.label.keymap
+    import icas_ray.label.propagate
 
     for mod in (lab, _rle, icas_ray.label._colour, icas_ray.label.coco, icas_ray.label.export,
-                icas_ray.label.keymap):
+                icas_ray.label.keymap, icas_ray.label.propagate):
         assert doctest.testmod(mod).failed == 0, mod.__name__
 
 
@@ -332,3 +333,169 @@ def test_import_stays_light() -> None:
             "print(sorted(m for m in ('torch', 'ray', 'pycocotools') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# -- proposals -----------------------------------------------------------------------------------
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum()) / max(1, int((a | b).sum()))
+
+
+@pytest.fixture(scope="module")
+def astronaut() -> tuple[np.ndarray, np.ndarray]:
+    """A 320x320 photo and the mask of one object on it (the face and helmet)."""
+    from skimage import data
+
+    img = cv2.resize(data.astronaut(), (320, 320), interpolation=cv2.INTER_AREA)
+    mask = np.zeros((320, 320), np.uint8)
+    cv2.ellipse(mask, (150, 110), (50, 70), 0, 0, 360, 1, -1)
+    return np.ascontiguousarray(img), mask.astype(bool)
+
+
+def _moved(img: np.ndarray, mask: np.ndarray, *, shift=(0, 0), angle=0.0, scale=1.0,
+           crop=None) -> tuple[np.ndarray, np.ndarray]:
+    """The image and its mask rotated/scaled about the centre, shifted, then cropped."""
+    h, w = mask.shape
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, scale)
+    m[:, 2] += shift
+    out = cv2.warpAffine(img, m, (w, h), borderMode=cv2.BORDER_REFLECT)
+    mo = cv2.warpAffine(mask.astype(np.float32), m, (w, h)) >= 0.5
+    y0, y1, x0, x1 = crop or (0, h, 0, w)
+    return np.ascontiguousarray(out[y0:y1, x0:x1]), mo[y0:y1, x0:x1]
+
+
+COPIES = {
+    "shifted": dict(shift=(18, -12)),
+    "cropped": dict(crop=(25, 300, 30, 290)),
+    "rotated": dict(angle=4.0),
+    "rotated-scaled-cropped": dict(angle=-3.0, scale=0.75, crop=(30, 280, 20, 300)),
+}
+
+
+@pytest.mark.parametrize("how", list(COPIES), ids=list(COPIES))
+@pytest.mark.parametrize("methods", [("features", "template"), ("template",)],
+                         ids=["features", "template"])
+def test_propose_on_moved_copies_overlaps_the_truth(astronaut, how: str, methods) -> None:
+    img, mask = astronaut
+    target, truth = _moved(img, mask, **COPIES[how])
+    p = lab.propose(img, {RED: mask}, target, methods=methods)
+    assert p.method == ("affine" if methods[0] == "features" else "template")
+    assert set(p.masks) == {RED} and p.masks[RED].shape == truth.shape
+    assert _iou(p.masks[RED], truth) >= 0.9
+    assert 0.8 <= p.score <= 1.0
+    if p.method == "affine":  # the transform also carries prompts: the face centre lands
+        centre = lab.carry_points(np.array([[150.0, 110.0]]), p.transform)[0]
+        ys, xs = np.nonzero(truth)
+        assert np.hypot(centre[0] - xs.mean(), centre[1] - ys.mean()) < 4
+
+
+def test_propose_snaps_to_the_target_segments(astronaut) -> None:
+    from icas_ray.segment import segment
+
+    img, mask = astronaut
+    target, truth = _moved(img, mask, angle=3.0, scale=0.9, crop=(10, 300, 15, 310))
+    labels = segment(target, "superpixel", region_size=20, algorithm="slico")
+    p = lab.propose(img, {RED: mask}, target, target_labels=labels)
+    snapped_truth = lab.snap_to_segments(labels, {RED: truth})
+    assert _iou(p.masks[RED], snapped_truth[RED]) >= 0.8
+    # every segment is wholly in or out of the proposal, and no edge pixel is painted
+    units, n = lab.segment_units(labels)
+    inside = np.bincount(units[p.masks[RED]], minlength=n + 1)
+    sizes = np.bincount(units.ravel(), minlength=n + 1)
+    assert np.all((inside[1:] == 0) | (inside[1:] == sizes[1:]))
+    assert not p.masks[RED][labels == 0].any()
+    assert lab.clicks_to_paint(labels, snapped_truth, start=p.masks) <= \
+        0.2 * lab.clicks_to_paint(labels, snapped_truth)
+
+
+def test_propose_declines_an_unrelated_image_and_empty_masks(astronaut) -> None:
+    from skimage import data
+
+    img, mask = astronaut
+    other = cv2.resize(data.coffee(), (300, 200))
+    p = lab.propose(img, {RED: mask}, other)
+    assert p.masks == {} and p.method == "none" and p.score < 0.25
+    p = lab.propose(img, {RED: np.zeros_like(mask)}, img)
+    assert p == lab.Proposal({}, 0.0, "none")
+    with pytest.raises(InputError, match="expected the source image's"):
+        lab.propose(img, {RED: mask[:10]}, img)
+    with pytest.raises(InputError, match="proposal method 'sam' is unknown"):
+        lab.propose(img, {RED: mask}, img, methods=("sam",))
+
+
+# -- segments and clicks -------------------------------------------------------------------------
+# 1 1 2 2 1      label 1 appears twice, not connected: two click units
+# 1 1 2 2 0
+# 4 4 0 5 5      0 = edge: never painted, never clicked
+# 4 4 0 5 5
+LABELS = np.array([[1, 1, 2, 2, 1], [1, 1, 2, 2, 0], [4, 4, 0, 5, 5], [4, 4, 0, 5, 5]], np.int32)
+
+
+def _m(*cells: tuple[int, int]) -> np.ndarray:
+    m = np.zeros(LABELS.shape, bool)
+    for r, c in cells:
+        m[r, c] = True
+    return m
+
+
+def test_clicks_to_paint_on_a_hand_built_label_map() -> None:
+    units, n = lab.segment_units(LABELS)
+    assert n == 5 and units[0, 4] != units[0, 0]
+    left = (LABELS == 1) & (np.arange(5) < 2)  # the left run of label 1
+    truth = {RED: left | (LABELS == 2), GREEN: LABELS == 5}
+    assert lab.clicks_to_paint(LABELS, truth) == 3  # two red segments, one green
+    assert lab.clicks_to_paint(LABELS, truth, start=truth) == 0
+    # right colours, one segment green instead of red: one fill
+    swapped = {RED: left, GREEN: (LABELS == 2) | (LABELS == 5)}
+    assert lab.clicks_to_paint(LABELS, truth, start=swapped) == 1
+    # one segment too many (label 4) and the lone label-1 pixel: two unfills
+    extra = {RED: truth[RED] | (LABELS == 4) | _m((0, 4)), GREEN: truth[GREEN]}
+    assert lab.clicks_to_paint(LABELS, truth, start=extra) == 2
+    # a segment counts as painted when its majority colour covers the coverage
+    three_quarters = {RED: left | _m((0, 2), (0, 3), (1, 2)), GREEN: truth[GREEN]}
+    assert lab.clicks_to_paint(LABELS, truth, start=three_quarters) == 0
+    assert lab.clicks_to_paint(LABELS, truth, start=three_quarters, coverage=0.9) == 1
+    one_quarter = {RED: left | _m((0, 2)), GREEN: truth[GREEN]}
+    assert lab.clicks_to_paint(LABELS, truth, start=one_quarter) == 1
+    # paint on edge pixels only changes no segment
+    assert lab.clicks_to_paint(LABELS, {RED: LABELS == 0}) == 0
+
+
+def test_snap_to_segments() -> None:
+    rough = {RED: _m((0, 2), (0, 3), (1, 2), (2, 2), (3, 2)), GREEN: _m((2, 0))}
+    snapped = lab.snap_to_segments(LABELS, rough)
+    assert list(snapped) == [RED] and np.array_equal(snapped[RED], LABELS == 2)  # edges dropped
+    assert lab.snap_to_segments(LABELS, rough, coverage=1.0) == {}
+    with pytest.raises(InputError, match="coverage 0 is out of range"):
+        lab.snap_to_segments(LABELS, rough, coverage=0)
+    with pytest.raises(InputError, match="expected the label map's"):
+        lab.clicks_to_paint(LABELS, {RED: np.zeros((2, 2), bool)})
+
+
+# -- the generated ground truth and the clicks study ---------------------------------------------
+def test_near_duplicate_objects_are_the_data_set_images(tmp_path) -> None:
+    from icas_ray.datasets import make_dataset, near_duplicate_objects, read_truth
+
+    make_dataset("near-duplicates", str(tmp_path), count=4, seed=5, classes=2)
+    items = near_duplicate_objects(4, seed=5, classes=2)
+    assert {d.file: d.label for d in items} == read_truth(str(tmp_path))
+    for d in items:
+        on_disk = np.asarray(Image.open(tmp_path / d.file).convert("RGB"))
+        assert np.array_equal(d.image, on_disk)
+        assert d.object.shape == d.image.shape[:2] and 0.005 < d.object.mean() < 0.45
+    # the two variants of one photo show the same object: moved back onto the photo they agree
+    a, b = items[0], items[2]
+    assert a.label == b.label and a.variant != b.variant
+
+
+def test_clicks_study_saves_clicks_on_a_small_cluster() -> None:
+    r = lab.clicks_study(count=6, classes=2)  # superpixel (MSLIC), two clusters of three
+    assert r["clusters"] == 2 and r["targets"] == 4 and len(r["rows"]) == 6
+    assert r["saving"] >= 0.5, r
+    assert r["clicks_with_proposal"] <= 0.5 * r["clicks_alone"]
+    assert r["cluster_clicks_with_proposal"] < r["cluster_clicks_alone"]
+    assert r["mean_object_iou"] >= 0.9 and r["mean_iou"] >= 0.8, r
+    for row in r["rows"]:
+        if row["role"] == "target":
+            assert row["clicks_with_proposal"] < row["clicks_alone"], row
+            assert row["method"] in ("affine", "homography", "template")
+    json.dumps(r)  # the bench writes it as JSON
