@@ -275,7 +275,8 @@ def test_default_keymap_keeps_the_original_keys_and_adds_arrows_and_ad() -> None
     for key, action in {"q": "quit", "n": "next", "p": "previous", " ": "save_next", "z": "undo",
                         "r": "reset", "t": "template", "f": "finish", "ArrowRight": "next",
                         "ArrowLeft": "previous", "a": "previous", "d": "next",
-                        "v": "debug"}.items():
+                        "v": "debug", "g": "grabcut", "s": "sam", "e": "automatic",
+                        "Escape": "escape", "?": "help"}.items():
         assert keys[key] == action, key
     assert sum(len(v) for v in km.values()) == len(keys)  # no key has two actions
     assert set(km) == set(lab.ACTIONS)
@@ -296,15 +297,20 @@ def test_keymap_file_overrides(tmp_path) -> None:
     y = tmp_path / "keys.yaml"
     y.write_text("template: T\n")
     assert lab.load_keymap(str(y))["template"] == ["t"]
+    y.write_text("save_next: s\n")  # s moves from SAM mode to saving
+    km = lab.load_keymap(str(y))
+    assert km["save_next"] == ["s"] and km["sam"] == []
 
 
 @pytest.mark.parametrize("text,match", [
     ('{"jump": "j"}', r"unknown action 'jump': valid actions are quit, next, previous, "
-                      r"save_next, undo, reset, debug, template, finish"),
+                      r"save_next, undo, reset, debug, template, finish, grabcut, sam, "
+                      r"automatic, escape, help$"),
+    ('{"undo": "3"}', r"undo = '3': the keys 1-9 pick colours"),
     ('{"next": "x", "undo": "X"}', r"key 'x' is bound to both 'next' and 'undo'.*valid actions"),
     ('{"next": 3}', r"next = 3 is not a key or a list of keys"),
     ('{"next": "n",}', r"invalid JSON"),
-], ids=["unknown", "twice", "type", "syntax"])
+], ids=["unknown", "digit", "twice", "type", "syntax"])
 def test_keymap_errors(tmp_path, text: str, match: str) -> None:
     p = tmp_path / "keys.json"
     p.write_text(text)

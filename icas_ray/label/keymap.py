@@ -29,7 +29,8 @@ from icas_ray.errors import ConfigError
 from icas_ray.label._files import extension, parse_mapping, read_text
 from icas_ray.storage import Storage
 
-__all__ = ["ACTIONS", "DEFAULT_KEYMAP", "key_actions", "load_keymap", "normalise_key"]
+__all__ = ["ACTIONS", "DEFAULT_KEYMAP", "RESERVED_KEYS", "key_actions", "load_keymap",
+           "merge_keymap", "normalise_key"]
 
 #: Every action, with what it does; the keys of :data:`DEFAULT_KEYMAP`.
 ACTIONS: dict[str, str] = {
@@ -42,6 +43,11 @@ ACTIONS: dict[str, str] = {
     "debug": "debug view: segments and painted pixels",
     "template": "template painting with the template folders",
     "finish": "finish GrabCut/SAM and pass the result to painting",
+    "grabcut": "GrabCut mode",
+    "sam": "SAM prompt mode",
+    "automatic": "SAM automatic mode",
+    "escape": "back to painting; end a cut line",
+    "help": "show or hide the keys",
 }
 
 DEFAULT_KEYMAP: dict[str, list[str]] = {
@@ -54,7 +60,15 @@ DEFAULT_KEYMAP: dict[str, list[str]] = {
     "debug": ["v"],
     "template": ["t"],
     "finish": ["f"],
+    "grabcut": ["g"],
+    "sam": ["s"],
+    "automatic": ["e"],
+    "escape": ["Escape"],
+    "help": ["?"],
 }
+
+#: Keys the page keeps for itself: the digits pick the palette's colours.
+RESERVED_KEYS = frozenset("123456789")
 
 _ALIASES = {
     "space": " ", "spacebar": " ", "left": "ArrowLeft", "right": "ArrowRight", "up": "ArrowUp",
@@ -100,6 +114,9 @@ def _keys(action: str, value: object, source: str) -> list[str]:
         k = normalise_key(str(v))
         if not k:
             raise ConfigError(f"keymap file {source}: {action} has an empty key")
+        if k in RESERVED_KEYS:
+            raise ConfigError(f"keymap file {source}: {action} = {k!r}: the keys 1-9 pick "
+                              "colours and cannot be bound")
         if k not in out:
             out.append(k)
     return out
