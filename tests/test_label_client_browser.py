@@ -113,7 +113,7 @@ def test_click_a_segment_and_space_writes_its_mask(labelling) -> None:  # type: 
     m = read_mask(mask_path(lab.out, "a", RED))
     assert np.array_equal(m, Q == 1)
     assert lab.ui.js("icas.index") == 1  # space moved on to the next image
-    assert "saved a_mask_(R:204,G:0,B:0).png" in lab.ui.js("icas.status")
+    assert "(saved a_mask_(R:204,G:0,B:0).png)" in lab.ui.js("icas.status")
 
 
 def test_right_click_unfills_and_colours_are_picked_with_digits(labelling) -> None:  # type: ignore[no-untyped-def]
@@ -294,3 +294,47 @@ def test_grabcut_mode_segments_a_rectangle_into_a_mask(labelling) -> None:  # ty
     truth = Q == 4
     iou = (m & truth).sum() / (m | truth).sum()
     assert iou > 0.85, iou
+
+
+def _near_duplicates(folder: str, tmp: str) -> dict[str, Any]:
+    """Replace the scenes by one cluster of 3 near-duplicates of one photo (JPEG variants)."""
+    from icas_ray.datasets import make_dataset
+
+    for f in os.listdir(folder):
+        os.unlink(os.path.join(folder, f))
+    make_dataset("near-duplicates", folder, count=3, seed=3, classes=1)
+    for f in os.listdir(folder):
+        if not f.endswith(".jpg"):
+            os.unlink(os.path.join(folder, f))
+    return {"method": "felzenszwalb", "params": {"segment_scale": 300, "min_segment_size": 400}}
+
+
+def test_cluster_labelling_proposes_the_saved_masks_on_the_other_images(labelling) -> None:  # type: ignore[no-untyped-def]
+    lab = labelling(preseg=False, setup=_near_duplicates)
+    names = lab.ui.js("icas.state.images.map(i => i.name)")
+    assert len(names) == 3
+    w, h = lab.ui.js("[icas.painting.w, icas.painting.h]")
+    for fx, fy in ((0.5, 0.5), (0.45, 0.55), (0.55, 0.45)):
+        lab.ui.click(int(w * fx), int(h * fy))
+    source_area = lab.ui.js("icas.painting.painted()")
+    assert source_area > 0
+    lab.ui.key(" ")                                     # saved: proposals for the others
+    assert lab.ui.js("icas.index") == 1
+    status = lab.ui.js("icas.status")
+    assert status.startswith(f"proposal from {names[0]}"), status
+    assert lab.ui.js("icas.dirty") is True
+    proposed = lab.ui.js("icas.painting.painted()")
+    w2, h2 = lab.ui.js("[icas.painting.w, icas.painting.h]")
+    expected = source_area * (w2 * h2) / (w * h)
+    assert 0.3 * expected < proposed < 3 * expected, (proposed, expected)
+    lab.ui.key(" ")                                     # accept
+    stem = names[1].rsplit(".", 1)[0]
+    m = read_mask(mask_path(lab.out, stem, RED))
+    assert int(m.sum()) == proposed
+    # The third image gets one too; z removes it (one undo step) and n skips without saving.
+    assert lab.ui.js("icas.index") == 2 and lab.ui.js("icas.status").startswith("proposal from")
+    lab.ui.key("z")
+    assert lab.ui.js("icas.painting.painted()") == 0
+    lab.ui.key("p")
+    assert sorted(lab.masks()) == sorted(
+        [f"{n.rsplit('.', 1)[0]}_mask_(R:204,G:0,B:0).png" for n in names[:2]])

@@ -311,6 +311,7 @@
 
   function setStatus(text, cls) {
     app.status = text;
+    app.statusClass = cls || "";
     const s = $("status");
     s.textContent = text;
     s.className = cls || "";
@@ -377,7 +378,7 @@
   function previous(ev) { if (app.index > 0) return go(app.index - 1, ev); }
 
   async function save(ev) {
-    const p = app.painting;
+    const p = app.painting, from = app.index;
     if (!p) return;
     p.endStroke();
     const paint = await gzip(new Uint8Array(p.paint.buffer));
@@ -388,10 +389,15 @@
     app.state.images[app.index].done = true;
     await refreshState();
     const names = ans.files.map((f) => f.split(/[\\/]/).pop());
-    if (ans.next !== app.index) await go(ans.next, ev);
-    else updateBar();
-    setStatus(`saved ${names.length ? names.join(", ") : "(nothing painted)"}` +
-      (ans.next === app.index ? " — every image is done" : ""), "done");
+    const saved = `saved ${names.length ? names.join(", ") : "(nothing painted)"}`;
+    if (ans.next !== from) {
+      await go(ans.next, ev);
+      // What the next image says (a proposal) matters more: it comes first.
+      setStatus(`${app.status} (${saved})`, app.statusClass);
+    } else {
+      updateBar();
+      setStatus(`${saved}; every image is done`, "done");
+    }
   }
 
   async function quit() {
