@@ -178,10 +178,13 @@ def test_a_non_loopback_host_without_token_is_refused() -> None:
 def _main(argv: list[str], capsys: Any) -> tuple[int, str, str]:
     from icas_ray.cli import main
 
-    with pytest.raises(SystemExit) as e:
+    try:
         main(argv)
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
     out = capsys.readouterr()
-    return int(e.value.code or 0), out.out, out.err
+    return code, out.out, out.err
 
 
 def test_cli_errors_are_one_line_before_the_server_starts(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
@@ -237,3 +240,35 @@ def test_label_help_shows_both_commands_without_importing_ray_or_torch() -> None
                          check=True).stdout
     assert "open" in out and "export" in out and "--sam-url" in out and "--presegmented" in out
     assert "HEAVY []" in out
+
+
+def test_label_export_writes_coco_that_pycocotools_decodes_to_the_masks(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from pycocotools import mask as mask_utils
+
+    from icas_ray.label.export import write_masks
+    from icas_ray.storage import Storage
+
+    folder, _ = make_scenes(str(tmp_path), ["a.png", "b.png"], preseg=False)
+    out = folder + "_segmented"
+    q = quadrant_labels()
+    write_masks(Storage(), out, "a", {(204, 0, 0): q == 1, (0, 170, 0): q == 4})
+    labels = tmp_path / "classes.json"
+    labels.write_text(json.dumps({"204,0,0": "plane", "0,170,0": "sky"}))
+    target = tmp_path / "coco.json"
+    code, stdout, err = _main(["label", "export", folder, "--format", "coco", "--labels",
+                               str(labels), "--output", str(target)], capsys)
+    assert code == 0, err
+    summary = json.loads(stdout)
+    assert summary["output"] == str(target) and sorted(summary["categories"]) == ["plane", "sky"]
+    coco = json.load(open(target))
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    got = {}
+    for a in coco["annotations"]:
+        rle = dict(a["segmentation"])
+        if isinstance(rle["counts"], str):
+            rle["counts"] = rle["counts"].encode()
+        got[names[a["category_id"]]] = mask_utils.decode(rle).astype(bool)
+    assert np.array_equal(got["plane"], q == 1) and np.array_equal(got["sky"], q == 4)
+    code, _, err = _main(["label", "export", folder, "--labels", str(tmp_path / "nope.json")],
+                         capsys)
+    assert code == 1 and err.count("\n") == 1
