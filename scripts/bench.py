@@ -4,6 +4,8 @@
     .venv/bin/python scripts/bench.py cluster [options]
     .venv/bin/python scripts/bench.py segment [options]
     .venv/bin/python scripts/bench.py serve   [options]
+    .venv/bin/python scripts/bench.py label   [options]
+    .venv/bin/python scripts/bench.py chaos   [options]
 
 Each subcommand lives in ``scripts/bench_<name>.py`` (functions ``add_arguments(parser)`` and
 ``run(args) -> int``) and writes JSON and a markdown table to ``benchmarks/``, with the machine
@@ -26,7 +28,9 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BENCHMARKS = os.path.join(os.path.dirname(HERE), "benchmarks")
-SUBCOMMANDS = ("cluster", "segment", "serve")
+#: Every ``scripts/bench_<name>.py`` is a subcommand: adding a benchmark is adding a file.
+SUBCOMMANDS = tuple(sorted(n[len("bench_"):-len(".py")] for n in os.listdir(HERE)
+                           if n.startswith("bench_") and n.endswith(".py")))
 
 
 def machine() -> dict[str, Any]:

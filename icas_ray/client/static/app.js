@@ -23,6 +23,8 @@
     timing: { click: [], show: [] }, errors: [],
   };
   window.icas = app;
+  // Open image i as the keys do (for the benchmark and tests).
+  app.goTo = (i) => enqueue(() => go(i));
 
   // -- server --------------------------------------------------------------------------
   function headers(extra) {
@@ -450,7 +452,10 @@
         if (a.kind === "box") body.boxes.push(a.box); else { body.points.push(a.point); body.labels.push(a.label); }
       }
       setStatus("SAM: predicting…");
+      const t0 = performance.now();
       const ans = await postJSON(`/api/images/${app.index}/sam`, body);
+      app.timing.sam = app.timing.sam || [];
+      app.timing.sam.push({ page_ms: performance.now() - t0, server_ms: ans.request_ms, decode_ms: ans.decode_ms });
       s.result = { labels: await unpackB64(ans.labels_png), foreground: ans.foreground };
       showSam(ans);
       setStatus(`SAM: mask of score ${ans.score != null ? ans.score.toFixed(3) : "?"} in ${ans.request_ms} ms; f finishes`);
