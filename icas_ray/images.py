@@ -1,8 +1,11 @@
 """Decoding and resizing: bytes -> ``(H, W, 3) uint8`` RGB arrays, with limits.
 
 Every image that enters a pipeline goes through :func:`decode`: grayscale, palette, RGBA and
-16-bit images all come out as 8-bit RGB, so features never see mixed shapes. Files that cannot
-be decoded raise :class:`DecodeError` with a short reason that ends up in the manifest.
+16-bit images all come out as 8-bit RGB, so features never see mixed shapes, and an EXIF
+Orientation tag (JPEG, PNG, TIFF, WebP; also XMP's ``tiff:Orientation``) is applied as
+``PIL.ImageOps.exif_transpose`` does, so a phone photo stored sideways comes out upright.
+Files that cannot be decoded raise :class:`DecodeError` with a short reason that ends up in
+the manifest.
 
 Example:
     >>> import io, numpy as np
@@ -15,17 +18,21 @@ Example:
 from __future__ import annotations
 
 import io
+import logging
 import struct
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageFile, UnidentifiedImageError
 
 from icas_ray.errors import ConfigError
 
 __all__ = ["DEFAULT_MAX_PIXELS", "DecodeError", "ReadConfig", "decode", "resize", "to_gray"]
+
+logger = logging.getLogger(__name__)
 
 #: Larger images are refused (decompression bombs, accidental gigapixel scans): 100 MP.
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -106,25 +113,73 @@ def _to_rgb8(im: Image.Image) -> np.ndarray:
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_END = b"IEND\xaeB`\x82"
+# Chunks that may carry an orientation for Pillow: eXIf, and text chunks (XMP's
+# tiff:Orientation in iTXt, ImageMagick's "Raw profile type exif" in tEXt/zTXt).
+_PNG_METADATA_CHUNKS = frozenset({b"eXIf", b"tEXt", b"zTXt", b"iTXt"})
+
+# What a viewer does to the stored pixels for each EXIF orientation: Pillow's
+# ImageOps.exif_transpose table (2 FLIP_LEFT_RIGHT, 3 ROTATE_180, 4 FLIP_TOP_BOTTOM,
+# 5 TRANSPOSE, 6 ROTATE_270, 7 TRANSVERSE, 8 ROTATE_90), done on the (H, W, 3) array: views,
+# whatever the mode was. np.rot90 turns counter-clockwise, as Pillow's ROTATE_90.
+_ORIENT: dict[int, Callable[[np.ndarray], np.ndarray]] = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),
+    8: lambda a: np.rot90(a, 1),
+}
 
 
 def _plain_png_size(data: bytes) -> tuple[int, int] | None:
-    """``(width, height)`` of a complete 8-bit grey or RGB PNG, else None.
+    """``(width, height)`` of a complete 8-bit grey or RGB PNG without metadata, else None.
 
     Those (the common case) OpenCV decodes straight into an array, with less overhead than Pillow;
     their pixels are the same either way (PNG is lossless, and neither applies gamma). Every
-    other file (palettes, alpha, 16 bits, truncated, other formats) goes through Pillow.
+    other file (palettes, alpha, 16 bits, truncated, other formats, and PNGs with an eXIf or
+    text chunk, which may hold an orientation) goes through Pillow. Only the chunk headers are
+    read: a few per 8 KiB of image data.
     """
     if len(data) < 45 or not data.startswith(_PNG_SIGNATURE) or data[12:16] != b"IHDR":
         return None
     if data[24] != 8 or data[25] not in (0, 2) or not data.rstrip(b"\0").endswith(_PNG_END):
         return None
+    pos, end = 8, len(data) - 12
+    while pos <= end:
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        if kind in _PNG_METADATA_CHUNKS:
+            return None
+        if kind == b"IEND":
+            break
+        pos += 12 + length
+    else:
+        return None  # chunks run past the end: let Pillow say what is wrong
     width, height = struct.unpack(">II", data[16:24])
     return width, height
 
 
+def _orientation(im: Image.Image) -> int:
+    """The image's EXIF orientation (2..8) when it asks for a transform, else 1.
+
+    Read as ``exif_transpose`` reads it (EXIF, then XMP); an unreadable EXIF block counts as
+    no orientation: the pixels are still good. TIFF images come back upright from Pillow's
+    ``load`` (which then drops the tag), so after ``load`` this is 1 for them.
+    """
+    try:
+        value = im.getexif().get(ExifTags.Base.Orientation, 1)
+    except (SyntaxError, ValueError, TypeError, KeyError, struct.error) as e:
+        logger.debug("ignoring unreadable EXIF data: %s", e)
+        return 1
+    return value if isinstance(value, int) and value in _ORIENT else 1
+
+
 def decode(data: bytes, config: ReadConfig | None = None) -> np.ndarray:
-    """Decode image bytes to an RGB array, resized as ``config`` says.
+    """Decode image bytes to an upright RGB array, resized as ``config`` says.
+
+    The EXIF orientation is applied first (as ``PIL.ImageOps.exif_transpose``), so ``size``,
+    ``scale`` and ``max_side`` apply to the upright picture: ``size=(w, h)`` is its width and
+    height whichever way the camera stored it.
 
     Args:
         data: the file's bytes.
@@ -151,17 +206,28 @@ def decode(data: bytes, config: ReadConfig | None = None) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.filterwarnings("ignore", "Corrupt EXIF data", UserWarning)
             im = Image.open(io.BytesIO(data))
             width, height = im.size
             if width * height > config.max_pixels:
                 raise DecodeError(
                     f"exceeds pixel limit ({width}x{height} > {config.max_pixels} pixels)"
                 )
-            tw, th = config.target_size(width, height)
-            if im.format == "JPEG" and (tw < width or th < height):
-                im.draft("RGB", (tw, th))  # decode at a reduced scale: much faster
+            if im.format == "JPEG":
+                # A JPEG's EXIF is read at open: the upright size is known before decoding,
+                # so the reduced-scale decode (much faster) can be asked for in stored axes.
+                turned = _orientation(im) >= 5
+                uw, uh = (height, width) if turned else (width, height)
+                tw, th = config.target_size(uw, uh)
+                if tw < uw or th < uh:
+                    im.draft("RGB", (th, tw) if turned else (tw, th))
             im.load()
+            orientation = _orientation(im)
             arr = _to_rgb8(im)
+            if orientation != 1:
+                arr = _ORIENT[orientation](arr)
+            if im.format != "JPEG":
+                tw, th = config.target_size(arr.shape[1], arr.shape[0])
     except DecodeError:
         raise
     except UnidentifiedImageError as e:
