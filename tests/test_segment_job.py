@@ -198,3 +198,18 @@ def test_plan_with_relative_paths_and_output_inside_input(photos: str, monkeypat
         plan_presegment(PresegmentConfig(input="photos", method="graph", output="./photos"), storage)
     with pytest.raises(ConfigError, match="method sam needs a SAM backend"):
         plan_presegment(PresegmentConfig(input="photos", method="sam"), storage)
+
+
+def test_preview_of_a_truncated_jpeg_is_one_line(tmp_path) -> None:
+    """Item 10: a truncated JPEG is the user's file, not a bug: one line, exit 1."""
+    ok, jpg = cv2.imencode(".jpg", cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR))
+    image = tmp_path / "cut.jpg"
+    image.write_bytes(jpg.tobytes()[: len(jpg) // 2])
+    out = tmp_path / "sheet.png"
+    icas = os.path.join(os.path.dirname(sys.executable), "icas")
+    p = subprocess.run([icas, "segment", "preview", str(image), "--output", str(out)],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1, p.stderr
+    assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert p.stderr.startswith("Error: ") and str(image) in p.stderr and "truncated" in p.stderr
+    assert not out.exists()

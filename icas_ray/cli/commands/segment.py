@@ -127,7 +127,8 @@ def preview(image_uri: str, output: str | None, methods: tuple[str, ...], params
     """Write one PNG showing every method's segments of IMAGE side by side."""
     import cv2
 
-    from icas_ray.images import decode
+    from icas_ray.errors import InputError
+    from icas_ray.images import DecodeError, decode
     from icas_ray.segment import preview_methods
 
     per_method: dict[str, dict[str, str]] = {}
@@ -137,7 +138,11 @@ def preview(image_uri: str, output: str | None, methods: tuple[str, ...], params
                                      "e.g. superpixel.region_size=20", param_hint="--param")
         name, k = key.split(".", 1)
         per_method.setdefault(get_method(name).name, {})[k] = value
-    image = decode(storage.read_bytes(image_uri))
+    try:
+        image = decode(storage.read_bytes(image_uri))
+    except DecodeError as e:
+        raise InputError(f"{image_uri} cannot be decoded ({e}): check the file or give "
+                         "another image") from e
     sheet = preview_methods(image, max_side=max_side, side=panel, methods=list(methods) or None,
                             params=per_method, backend=_backend(sam_url, sam_token))
     if output is None:
