@@ -83,7 +83,7 @@ class LabelState:
     """
 
     def __init__(self, config: LabelConfig, storage: Storage | None = None) -> None:
-        from icas_ray.label.keymap import DEFAULT_KEYMAP
+        from icas_ray.label.keymap import ACTIONS, DEFAULT_KEYMAP
 
         self.config = config
         self.storage = storage or Storage()
@@ -109,6 +109,7 @@ class LabelState:
 
             self.templates = load_templates(config.templates, self.storage)
         self.keymap = dict(config.keymap or DEFAULT_KEYMAP)
+        self.actions = dict(ACTIONS)
         self.sam_info: dict[str, Any] | None = None
         self.proposals: dict[str, _Proposal] = {}
         self._pending: dict[str, Future[None]] = {}
@@ -135,6 +136,7 @@ class LabelState:
                        for e in self.catalog.entries],
             "current": self.session.current,
             "keymap": self.keymap,
+            "actions": self.actions,
             "start_mode": self.preparer.start_mode,
             "method": self.preparer.method.name,
             "presegmented": self.preparer.layout.method if self.preparer.layout else None,

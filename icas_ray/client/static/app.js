@@ -631,27 +631,20 @@
   // -- keys ----------------------------------------------------------------------------
   let keyActions = {};
 
-  function bindKeys(keymap) {
+  function bindKeys(keymap, descriptions) {
     keyActions = {};
-    for (const [k, action] of Object.entries(MODE_KEYS)) keyActions[k] = action;
+    const bound = new Set(Object.keys(keymap));
+    const extra = Object.entries(MODE_KEYS).filter(([, action]) => !bound.has(action));
+    for (const [k, action] of extra) keyActions[k] = action;
     for (const [action, keys] of Object.entries(keymap)) for (const k of keys) keyActions[k] = action;
     const dl = $("keys");
     dl.innerHTML = "";
-    const names = {
-      quit: "quit (asks before dropping unsaved paint)", next: "next image (no save)",
-      previous: "previous image (no save)", save_next: "save the masks, next image",
-      undo: "undo", reset: "reset the image", debug: "debug view: segments, painted pixels",
-      template: "template painting", finish: "finish GrabCut / SAM",
-    };
-    const show = (k) => (k === " " ? "space" : k);
-    for (const [action, keys] of Object.entries(keymap)) {
-      const dt = document.createElement("dt"); dt.textContent = keys.map(show).join(" ");
-      const dd = document.createElement("dd"); dd.textContent = names[action] || action;
-      dl.append(dt, dd);
-    }
-    const extra = [["1-9", "pick a colour"], ["g", "GrabCut mode"], ["s", "SAM prompt mode"],
-      ["e", "SAM automatic mode"], ["Esc", "back to painting; end a cut line"]];
-    for (const [k, d] of extra) {
+    const show = (k) => (k === " " ? "space" : k.replace(/^Arrow/, "").replace("Escape", "Esc"));
+    const rows = Object.entries(keymap).map(([action, keys]) => [keys.map(show).join(" "),
+      (descriptions && descriptions[action]) || action]);
+    for (const [k, action] of extra) rows.push([show(k), action]);
+    rows.push(["1-9", "pick a colour"]);
+    for (const [k, d] of rows) {
       const dt = document.createElement("dt"); dt.textContent = k;
       const dd = document.createElement("dd"); dd.textContent = d;
       dl.append(dt, dd);
@@ -727,7 +720,7 @@
     app.colour = 1;
     buildSwatches();
     await refreshState();
-    bindKeys(app.state.keymap);
+    bindKeys(app.state.keymap, app.state.actions);
     if (!localStorage.getItem("icas-help-seen")) { $("help").hidden = false; localStorage.setItem("icas-help-seen", "1"); }
     await go(app.state.current);
     app.ready = true;
