@@ -11,6 +11,7 @@ import json
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from icas_ray.storage import Storage
@@ -37,6 +38,7 @@ class Session:
         self.uri = storage.join(output, *SESSION_FILE.split("/"))
         self.names = names
         self._lock = threading.Lock()
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="icas-session")
         self.done: dict[str, dict[str, Any]] = {}
         self.current = 0
         self._load()
@@ -65,11 +67,25 @@ class Session:
         self.storage.write_bytes(self.uri, json.dumps(state, indent=1).encode("utf-8"))
 
     def move(self, index: int) -> None:
-        """Remember ``index`` as the current image."""
+        """Remember ``index`` as the current image.
+
+        Written in the background: a move must not wait for an fsync (opening the next image
+        is on the labeller's critical path), and losing the position of a crash's last second
+        loses no paint. Saves (:meth:`mark_done`) write before they return.
+        """
         with self._lock:
-            if index != self.current:
-                self.current = index
-                self._write()
+            if index == self.current:
+                return
+            self.current = index
+        self._writer.submit(self._write_now)
+
+    def _write_now(self) -> None:
+        with self._lock:
+            self._write()
+
+    def flush(self) -> None:
+        """Wait for background writes (on shutdown)."""
+        self._writer.submit(lambda: None).result()
 
     def mark_done(self, rel: str, colors: list[tuple[int, int, int]], files: list[str]) -> None:
         with self._lock:

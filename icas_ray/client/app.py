@@ -120,6 +120,7 @@ class LabelState:
         self.preparer.prefetch(self.session.current - 1, config.prefetch + 1)
 
     def close(self) -> None:
+        self.session.flush()
         self.preparer.close()
         self._propose_pool.shutdown(wait=False, cancel_futures=True)
         if self.sam is not None:
