@@ -272,3 +272,36 @@ def test_label_export_writes_coco_that_pycocotools_decodes_to_the_masks(tmp_path
     code, _, err = _main(["label", "export", folder, "--labels", str(tmp_path / "nope.json")],
                          capsys)
     assert code == 1 and err.count("\n") == 1
+
+
+@pytest.mark.s3
+def test_an_s3_folder_is_labelled_into_s3(s3_server, s3_bucket) -> None:  # type: ignore[no-untyped-def]
+    import cv2
+
+    from icas_ray.client import LabelConfig, start_server
+    from test_label_client_support import quadrant_image
+
+    storage = s3_server.storage()
+    folder = f"s3://{s3_bucket}/photos"
+    for name in ("a.png", "b.png"):
+        storage.write_bytes(f"{folder}/{name}",
+                            cv2.imencode(".png", quadrant_image()[..., ::-1])[1].tobytes())
+    running = start_server(LabelConfig(folder, method="felzenszwalb", port=0), storage)
+    try:
+        state = requests.get(running.url + "api/state", timeout=30).json()
+        assert [i["name"] for i in state["images"]] == ["a.png", "b.png"]
+        assert state["output"] == f"s3://{s3_bucket}/photos_segmented"
+        paint = np.zeros((H, W), np.uint16)
+        paint[quadrant_labels() == 1] = 1
+        r = requests.post(running.url + "api/images/a.png/save", headers=POST, timeout=30,
+                          json=_paint_payload(paint, [[204, 0, 0]]))
+        assert r.status_code == 200, r.text
+        mask = f"s3://{s3_bucket}/photos_segmented/a_mask_(R:204,G:0,B:0).png"
+        assert r.json()["files"] == [mask]
+        m = cv2.imdecode(np.frombuffer(storage.read_bytes(mask), np.uint8), cv2.IMREAD_GRAYSCALE)
+        assert np.array_equal(m > 127, quadrant_labels() == 1)
+        session = json.loads(storage.read_text(
+            f"s3://{s3_bucket}/photos_segmented/.icas_label/session.json"))
+        assert list(session["done"]) == ["a.png"]
+    finally:
+        running.stop()
