@@ -394,6 +394,18 @@ def test_propose_on_moved_copies_overlaps_the_truth(astronaut, how: str, methods
         assert np.hypot(centre[0] - xs.mean(), centre[1] - ys.mean()) < 4
 
 
+def test_propose_fits_a_homography_to_another_viewpoint(astronaut) -> None:
+    img, mask = astronaut
+    corners = np.float32([[0, 0], [320, 0], [320, 320], [0, 320]])
+    moved = np.float32([[20, 10], [300, 30], [310, 300], [5, 290]])
+    h = cv2.getPerspectiveTransform(corners, moved)
+    target = cv2.warpPerspective(img, h, (320, 320), borderMode=cv2.BORDER_REFLECT)
+    truth = cv2.warpPerspective(mask.astype(np.float32), h, (320, 320)) >= 0.5
+    p = lab.propose(img, {RED: mask}, target)
+    assert p.method == "homography" and p.score > 0.9
+    assert _iou(p.masks[RED], truth) >= 0.95
+
+
 def test_propose_snaps_to_the_target_segments(astronaut) -> None:
     from icas_ray.segment import segment
 
@@ -496,6 +508,7 @@ def test_near_duplicate_objects_are_the_data_set_images(tmp_path) -> None:
 def test_clicks_study_saves_clicks_on_a_small_cluster() -> None:
     r = lab.clicks_study(count=6, classes=2)  # superpixel (MSLIC), two clusters of three
     assert r["clusters"] == 2 and r["targets"] == 4 and len(r["rows"]) == 6
+    assert r["skipped_clusters"] == [] and r["median_image_saving"] >= 0.5
     assert r["saving"] >= 0.5, r
     assert r["clicks_with_proposal"] <= 0.5 * r["clicks_alone"]
     assert r["cluster_clicks_with_proposal"] < r["cluster_clicks_alone"]

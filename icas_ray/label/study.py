@@ -72,9 +72,13 @@ def clicks_study(*, count: int = 24, classes: int = 4, seed: int = 0,
         coverage: the part of a segment a colour must cover to take it (snapping and counting).
 
     Returns:
-        A JSON-able dict: ``targets`` (images proposed onto), ``clicks_alone`` and
-        ``clicks_with_proposal`` (means per target image), ``saving`` (``1 - with / alone``
-        over all targets), ``cluster_clicks_alone`` / ``cluster_clicks_with_proposal`` (every
+        A JSON-able dict: ``clusters`` (studied), ``skipped_clusters`` (names of the groups
+        whose object is smaller than its segments on the first image: no click paints it, so
+        there is nothing to carry over), ``targets`` (images proposed onto), ``clicks_alone``
+        and ``clicks_with_proposal`` (means per target image), ``saving`` (``1 - with / alone``
+        over all targets), ``median_image_saving`` (the median of each target's own saving,
+        which one image with thousands of tiny segments cannot dominate),
+        ``cluster_clicks_alone`` / ``cluster_clicks_with_proposal`` (every
         image of every group, hand-painted first images included), ``mean_iou`` / ``min_iou``
         (proposal against truth, both snapped to the target's segments),
         ``mean_object_iou`` / ``min_object_iou`` (the source's true object carried over against
@@ -91,10 +95,14 @@ def clicks_study(*, count: int = 24, classes: int = 4, seed: int = 0,
         groups.setdefault(item.label, []).append(i)
     rows: list[dict[str, Any]] = []
     methods: dict[str, int] = {}
+    skipped: list[str] = []
     for label, members in groups.items():
         src = items[members[0]]
         src_labels = segment(src.image, method, **seg_params)
         src_truth = snap_to_segments(src_labels, {STUDY_COLOUR: src.object}, coverage=coverage)
+        if not src_truth:
+            skipped.append(label)  # the object is smaller than its segments: no click paints it
+            continue
         alone = clicks_to_paint(src_labels, src_truth, coverage=coverage)
         rows.append({"file": src.file, "cluster": label, "role": "source",
                      "segments": segment_units(src_labels)[1], "clicks_alone": alone,
@@ -121,14 +129,18 @@ def clicks_study(*, count: int = 24, classes: int = 4, seed: int = 0,
     alone_t = sum(r["clicks_alone"] for r in targets)
     with_t = sum(r["clicks_with_proposal"] for r in targets)
     ious = [r["iou"] for r in targets]
+    per_image = [1.0 - r["clicks_with_proposal"] / r["clicks_alone"] for r in targets
+                 if r["clicks_alone"]]
     object_ious = [r["object_iou"] for r in targets]
     result = {
         "data": {"kind": "near-duplicates", "count": count, "classes": classes, "seed": seed},
         "method": method, "params": seg_params, "coverage": coverage,
-        "clusters": len(groups), "targets": len(targets),
+        "clusters": len(groups) - len(skipped), "skipped_clusters": skipped,
+        "targets": len(targets),
         "clicks_alone": alone_t / len(targets) if targets else 0.0,
         "clicks_with_proposal": with_t / len(targets) if targets else 0.0,
         "saving": 1.0 - with_t / alone_t if alone_t else 0.0,
+        "median_image_saving": float(np.median(per_image)) if per_image else 0.0,
         "cluster_clicks_alone": sum(r["clicks_alone"] for r in rows),
         "cluster_clicks_with_proposal": sum(r["clicks_with_proposal"] for r in rows),
         "mean_iou": float(np.mean(ious)) if ious else 0.0,
