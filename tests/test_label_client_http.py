@@ -305,3 +305,21 @@ def test_an_s3_folder_is_labelled_into_s3(s3_server, s3_bucket) -> None:  # type
         assert list(session["done"]) == ["a.png"]
     finally:
         running.stop()
+
+
+def test_icas_segment_results_in_the_output_are_found_without_presegmented(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+
+    from icas_ray.client import LabelConfig, start_server
+    from icas_ray.client._codec import unpack_png
+
+    folder, pre = make_scenes(str(tmp_path), ["a.png"])
+    shutil.copytree(pre, folder + "_segmented")  # where `icas segment FOLDER` writes by default
+    running = start_server(LabelConfig(folder, port=0))
+    try:
+        assert requests.get(running.url + "api/state", timeout=10).json()["presegmented"] == \
+            "felzenszwalb"
+        lab = requests.get(running.url + "api/images/0/labels", timeout=10)
+        assert np.array_equal(unpack_png(lab.content), quadrant_labels())
+    finally:
+        running.stop()

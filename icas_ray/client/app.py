@@ -97,9 +97,8 @@ class LabelState:
             self.sam = SamClient(config.sam_url, token=config.sam_token, retries=1)
         elif config.method.lower() == "sam":
             raise ConfigError("--method sam needs --sam-url URL of a running `icas serve`")
-        preseg = (find_presegmented(config.presegmented, None if config.method is None
-                                    else config.method, self.storage)
-                  if config.presegmented else None)
+        preseg = (find_presegmented(config.presegmented, config.method, self.storage)
+                  if config.presegmented else _found_presegmented(config, self.storage))
         self.preparer = Preparer(self.catalog, method=config.method, params=dict(config.params),
                                  presegmented=preseg, sam=self.sam,
                                  keep=2 * config.prefetch + 4)
@@ -242,6 +241,19 @@ class LabelState:
             self.sam_info = {"available": True, "device": info.get("device"),
                              "model_type": info.get("model_type")}
         return self.sam_info
+
+
+def _found_presegmented(config: LabelConfig, storage: Storage) -> tuple[str, str] | None:
+    """``icas segment`` results in the output folder itself (its default output is the same
+    ``<folder>_segmented``): used without --presegmented, the configured method first."""
+    from icas_ray.segment import method_names
+
+    out = config.output_uri
+    for name in [config.method, *(m for m in method_names() if m != config.method)]:
+        if storage.exists(storage.join(out, name, "params.json")):
+            logger.info("segments from %s", storage.join(out, name))
+            return out, name
+    return None
 
 
 # -- middleware --------------------------------------------------------------------------------
