@@ -11,7 +11,8 @@ Two kinds, both deterministic for a given seed:
   ``chelsea`` is used).
 
 Each data set has a ``truth.csv`` with columns ``file,label`` (``file`` relative to the data
-set's root). ``broken=True`` adds three unreadable files labelled ``broken``: a zero-byte PNG,
+set's root). :func:`near_duplicate_objects` regenerates the near-duplicates in memory, each with
+the ground-truth mask of one object moved along with the image (for the labelling study). ``broken=True`` adds three unreadable files labelled ``broken``: a zero-byte PNG,
 a truncated JPEG and a text file named ``.png``.
 
 Example:
