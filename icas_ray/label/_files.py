@@ -54,8 +54,14 @@ def parse_mapping(text: str, ext: str, source: str, what: str) -> dict[str, Any]
         except json.JSONDecodeError as e:
             raise ConfigError(f"{what} {source} line {e.lineno}: invalid JSON: {e.msg}") from e
     elif ext == ".toml":
-        import tomllib
-
+        try:
+            import tomllib
+        except ImportError:  # Python 3.10: the same parser is the tomli package
+            try:
+                import tomli as tomllib  # type: ignore[no-redef]
+            except ImportError as e:
+                raise ConfigError(f"{what} {source} is TOML, which needs Python 3.11 or tomli: "
+                                  "pip install tomli, or write it as JSON") from e
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
