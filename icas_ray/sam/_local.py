@@ -12,7 +12,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import math
 import threading
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -81,10 +83,26 @@ class AutomaticParams:
                 f"unknown automatic-mask parameter(s) {', '.join(unknown)}: "
                 f"must be among {', '.join(sorted(names))}"
             )
-        try:
-            return cls(**{k: v for k, v in params.items() if v is not None})
-        except TypeError as e:
-            raise ConfigError(f"bad automatic-mask parameters: {e}") from e
+        hints = typing.get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for k, v in params.items():
+            if v is None:
+                continue
+            # JSON and YAML give bools, strings and floats where an int is meant: the
+            # dataclass would take them and fail deep inside segment_anything.
+            kind = "an integer" if hints[k] is int else "a number"
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ConfigError(f"automatic-mask parameter {k} {v!r} must be {kind}")
+            try:
+                number = float(v)
+            except OverflowError:
+                number = math.inf
+            if not math.isfinite(number):
+                raise ConfigError(f"automatic-mask parameter {k} is not a finite number")
+            if hints[k] is int and not number.is_integer():
+                raise ConfigError(f"automatic-mask parameter {k} {v!r} must be {kind}")
+            values[k] = int(number) if hints[k] is int else number
+        return cls(**values)
 
 
 @dataclass
