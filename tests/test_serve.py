@@ -90,11 +90,13 @@ def apps(ray_session, s3_server, tmp_path_factory) -> Iterator[Apps]:  # type: i
     opts = {"endpoint_url": s3_server.endpoint, "key": "testing", "secret": "testing"}
     serve.run(build_app(SamServeArgs(
         model_type="tiny", checkpoint=ckpt, num_cpus=0.5, image_store=str(tmp / "images"),
-        embedding_store=store, token=TOKEN, max_image_pixels=200 * 200, name="sam-local")),
+        embedding_store=store, token=TOKEN, max_image_pixels=200 * 200,
+        allowed_uri_prefixes=[str(folder)], name="sam-local")),
         name="sam-local", route_prefix="/")
     serve.run(build_app(SamServeArgs(
         model_type="tiny", checkpoint=s3_ckpt, num_cpus=0.25, storage_options=opts,
-        image_store=f"s3://{bucket}/images", embedding_store=s3_store, name="sam-s3")),
+        image_store=f"s3://{bucket}/images", embedding_store=s3_store,
+        allowed_uri_prefixes=[s3_folder], name="sam-s3")),
         name="sam-s3", route_prefix="/s3")
     try:
         yield Apps(url=f"http://127.0.0.1:{port}", s3_url=f"http://127.0.0.1:{port}/s3",
@@ -211,7 +213,8 @@ def _post(url: str, path: str, *, token: str | None = TOKEN, **kw) -> requests.R
     ("not-an-image", 415, "not a decodable image"),
     ("too-large", 413, "pixel limit"),
     ("empty-body", 400, "empty body"),
-    ("uri-missing", 404, "cannot read"),
+    ("uri-missing", 404, "does not exist"),
+    ("uri-outside", 403, "not under a root the operator allowed"),
     ("automatic-param", 422, "unknown automatic-mask parameter"),
     ("no-token", 401, "bearer token"),
     ("wrong-token", 401, "bearer token"),
@@ -231,7 +234,9 @@ def test_bad_requests_get_4xx(apps, image_id, case, status, match) -> None:  # t
         "not-an-image": lambda: _post(url, "/images", data=b"hello world", headers=octet),
         "too-large": lambda: _post(url, "/images", data=_png(_image(300, 300, 0)), headers=octet),
         "empty-body": lambda: _post(url, "/images", data=b"", headers=octet),
-        "uri-missing": lambda: _post(url, "/images", json={"uri": "/nonexistent/x.png"}),
+        "uri-missing": lambda: _post(url, "/images",
+                                     json={"uri": os.path.join(apps.folder, "missing.png")}),
+        "uri-outside": lambda: _post(url, "/images", json={"uri": "/etc/passwd"}),
         "automatic-param": lambda: _post(url, f"/images/{image_id}/automatic", json={"bogus": 1}),
         "no-token": lambda: _post(url, pred, token=None, json={"points": [[1, 1]]}),
         "wrong-token": lambda: _post(url, pred, token="nope", json={"points": [[1, 1]]}),

@@ -9,8 +9,13 @@ HTTP status and a one-line message.
 from __future__ import annotations
 
 import dataclasses
+import errno
+import json
 import logging
+import math
+import os
 import re
+import stat
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +24,7 @@ import numpy as np
 
 from icas_ray.errors import IcasError, InputError
 from icas_ray.images import DecodeError, ReadConfig, decode
+from icas_ray.paths import is_inside, join_inside, normalise_uri
 from icas_ray.sam import (
     AutomaticParams,
     LocalSam,
@@ -30,15 +36,21 @@ from icas_ray.sam import (
 from icas_ray.serve._codec import encode_label_png, encode_mask_png, encode_rle
 from icas_ray.serve.args import TUNABLES, SamServeArgs
 from icas_ray.serve.store import EmbeddingStore
-from icas_ray.storage import Storage, StorageOptions
 
-__all__ = ["Entry", "SamService", "ServiceError", "check_image_id"]
+__all__ = ["MAX_JSON_BYTES", "MAX_JSON_DEPTH", "Entry", "SamService", "ServiceError",
+           "check_image_id", "parse_json_body"]
 
 logger = logging.getLogger(__name__)
 
 _ID_RE = re.compile(r"^[0-9a-f]{64}$")
 _FORMATS = ("png", "rle")
 _PREDICT_KEYS = {"points", "labels", "boxes", "box", "multimask", "formats"}
+#: JSON request bodies are small (256 points are ~4 KB): anything larger is refused unread.
+MAX_JSON_BYTES = 2**20
+#: Containers nested deeper than this are refused ({"points": [[x, y]]} is 3 levels).
+MAX_JSON_DEPTH = 8
+#: Coordinates beyond this are refused before numpy sees them (a 400-digit integer overflows).
+_MAX_COORD = 1e7
 
 
 class ServiceError(Exception):
@@ -48,6 +60,96 @@ class ServiceError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON: send finite numbers")
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of JSON containers (iterative: a crafted body cannot exhaust the stack);
+    stops counting past :data:`MAX_JSON_DEPTH`."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, (dict, list)):
+            deepest = max(deepest, d)
+            if d > MAX_JSON_DEPTH:
+                break
+            stack.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return deepest
+
+
+def parse_json_body(raw: bytes) -> dict[str, Any]:
+    """A request body as a JSON object (``{}`` when empty).
+
+    Raises:
+        ServiceError: 400 for invalid JSON (``NaN``/``Infinity`` included), nesting deeper than
+            :data:`MAX_JSON_DEPTH`, or a body that is not an object.
+    """
+    if not raw:
+        return {}
+    too_deep = ServiceError(400, f"request body is nested too deeply: at most {MAX_JSON_DEPTH} "
+                                 "levels of arrays and objects")
+    try:
+        body = json.loads(raw, parse_constant=_reject_constant)
+    except RecursionError as e:
+        raise too_deep from e
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, NaN and Infinity
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise ServiceError(400, f"request body is not valid JSON ({first})") from e
+    if _depth(body) > MAX_JSON_DEPTH:
+        raise too_deep
+    if not isinstance(body, dict):
+        raise ServiceError(400, "request body must be a JSON object")
+    return body
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _plausible(v: float) -> bool:
+    """Finite and within ±1e7 (checked on the int itself: a 400-digit one overflows a float)."""
+    return abs(v) <= _MAX_COORD if isinstance(v, int) else math.isfinite(v) and abs(v) <= _MAX_COORD
+
+
+def _prompt_rows(value: Any, name: str, width: int, limit: int, setting: str,
+                 example: str) -> list[list[float]] | None:
+    """Check a JSON prompt list (``points`` or ``boxes``) before numpy sees it: a list of at
+    most ``limit`` rows of ``width`` finite numbers (one flat row is accepted too).
+
+    Raises:
+        ServiceError: 413 past ``limit`` rows, 422 for anything else malformed.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise ServiceError(422, f"{name} must be a list like {example}")
+    if len(value) == width and all(_is_number(v) for v in value):
+        value = [value]
+    if len(value) > limit:
+        raise ServiceError(413, f"{len(value)} {name} exceed the limit of {limit} per request "
+                                f"({setting}): send fewer, or ask the operator to raise {setting}")
+    for i, row in enumerate(value):
+        if not (isinstance(row, list) and len(row) == width and all(_is_number(v) for v in row)):
+            raise ServiceError(422, f"{name}[{i}] must be {width} numbers, e.g. {example}")
+        if not all(_plausible(v) for v in row):
+            raise ServiceError(422, f"{name}[{i}] has a coordinate beyond ±{_MAX_COORD:g} pixels")
+    return value
+
+
+def _labels(value: Any, limit: int) -> list[int] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise ServiceError(422, "labels must be a list like [1, 0, ...] (1 = foreground)")
+    if len(value) > limit:
+        raise ServiceError(413, f"{len(value)} labels exceed the limit of {limit} per request "
+                                "(max_points): send fewer points")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v in (0, 1) for v in value):
+        raise ServiceError(422, "labels must be 1 (foreground) or 0 (background), one per point")
+    return value
 
 
 def check_image_id(image_id: str) -> str:
@@ -76,12 +178,6 @@ class Entry:
         return self.embedding.nbytes
 
 
-def _storage(options: dict[str, Any]) -> Storage:
-    known = {k: options[k] for k in ("endpoint_url", "profile", "anon") if k in options}
-    extra = {k: v for k, v in options.items() if k not in known}
-    return Storage(StorageOptions(extra=extra, **known))
-
-
 class SamService:
     """Model, stores and tunables of one replica.
 
@@ -92,7 +188,7 @@ class SamService:
 
     def __init__(self, args: SamServeArgs) -> None:
         self.args = args
-        self.storage = _storage(args.storage_options)
+        self.storage = args.make_storage()
         loaded = build_sam(args.model_type, args.checkpoint, storage=self.storage,
                            device=args.device, seed=args.seed)
         # Serve's multiplexer is this replica's embedding cache; LocalSam keeps none.
@@ -139,24 +235,90 @@ class SamService:
         return content_id(data), image
 
     def read_uri(self, uri: str) -> bytes:
-        """Bytes of an image the server reads itself (``POST /images {"uri": ...}``)."""
-        prefixes = self.args.allowed_uri_prefixes
-        if prefixes is not None and not any(uri.startswith(p) for p in prefixes):
-            raise ServiceError(403, f"uri {uri!r} is outside the allowed prefixes "
-                                    f"({', '.join(prefixes) or 'none'})")
+        """Bytes of an image the server reads itself (``POST /images {"uri": ...}``).
+
+        Only under the operator's roots (``allowed_uri_prefixes``, ``--allow-uri``): the URI is
+        resolved first (local: ``realpath``, so ``..`` and symlinks cannot lead out; S3: the
+        key normalised), and one answer covers every URI outside, existing or not. Only regular
+        files are read, never more than ``max_upload_mb``.
+
+        Raises:
+            ServiceError: 403 off or outside the roots, 404 missing, 400 not a regular file or
+                unreadable, 413 too large.
+        """
+        roots = self.args.allowed_uri_prefixes
+        if not roots:
+            raise ServiceError(403, "registering images by URI is off: the operator must start "
+                                    "the service with --allow-uri ROOT (allowed_uri_prefixes) "
+                                    "for each folder or s3:// prefix it may read; or POST the "
+                                    "image bytes")
+        scheme = uri.split("://", 1)[0].lower() if "://" in uri else "file"
         try:
-            size = self.storage.size(uri)
-            if size > self.max_upload_bytes:
+            target = normalise_uri(uri) if scheme in ("file", "s3") else None
+        except (ValueError, OSError):  # an embedded NUL byte, a path too long to resolve
+            target = None
+        if target is None or not any(is_inside(root, target) for root in roots):
+            raise ServiceError(403, f"uri {uri!r} is not under a root the operator allowed "
+                                    "(--allow-uri): POST the image bytes instead")
+        if "://" in target:
+            return self._read_object(uri, target)
+        return self._read_local(uri, target)
+
+    def _read_local(self, uri: str, path: str) -> bytes:
+        """A regular file's bytes: stat before opening (a FIFO or device is never opened), then
+        open without following a symlink swapped in since and check it is the same file."""
+        limit = self.max_upload_bytes
+        try:
+            st = os.stat(path)
+            if not stat.S_ISREG(st.st_mode):
+                raise ServiceError(400, f"uri {uri!r} is not a regular file (a folder, FIFO or "
+                                        "device): name an image file")
+            if st.st_size > limit:
+                raise ServiceError(413, f"{uri!r} has {st.st_size} bytes, above the limit of "
+                                        f"{limit} bytes (max_upload_mb)")
+            flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) \
+                | getattr(os, "O_CLOEXEC", 0)
+            with os.fdopen(os.open(path, flags), "rb") as f:
+                now = os.fstat(f.fileno())
+                same = (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino)
+                if not (stat.S_ISREG(now.st_mode) and same):
+                    raise ServiceError(400, f"uri {uri!r} changed while being read: try again")
+                data = f.read(limit + 1)
+        except FileNotFoundError as e:
+            raise ServiceError(404, f"cannot read {uri!r}: it does not exist") from e
+        except PermissionError as e:
+            raise ServiceError(403, f"cannot read {uri!r}: permission denied") from e
+        except OSError as e:
+            reason = "a symlink was swapped in" if e.errno == errno.ELOOP else e.strerror
+            raise ServiceError(400, f"cannot read {uri!r}: {reason}") from e
+        if len(data) > limit:
+            raise ServiceError(413, f"{uri!r} has more than {limit} bytes, the limit "
+                                    "(max_upload_mb)")
+        return data
+
+    def _read_object(self, uri: str, target: str) -> bytes:
+        """An object's bytes (the normalised key that was checked), at most the limit."""
+        limit = self.max_upload_bytes
+        try:
+            if self.storage.isdir(target):
+                raise ServiceError(400, f"uri {uri!r} is not a regular file (a prefix with "
+                                        "objects under it): name an image object")
+            size = self.storage.size(target)
+            if size > limit:
                 raise ServiceError(413, f"{uri!r} has {size} bytes, above the limit of "
-                                        f"{self.max_upload_bytes} bytes (max_upload_mb)")
-            return self.storage.read_bytes(uri)
+                                        f"{limit} bytes (max_upload_mb)")
+            data = self.storage.read_head(target, limit + 1)
         except InputError as e:
-            raise ServiceError(404, f"cannot read {uri!r}: {e}") from e
+            raise ServiceError(404, f"cannot read {uri!r}: it does not exist") from e
         except IcasError as e:
             raise ServiceError(400, f"cannot read {uri!r}: {e}") from e
+        if len(data) > limit:
+            raise ServiceError(413, f"{uri!r} has more than {limit} bytes, the limit "
+                                    "(max_upload_mb)")
+        return data
 
     def _image_uri(self, image_id: str) -> str:
-        return self.storage.join(self.image_store, image_id)
+        return join_inside(self.image_store, check_image_id(image_id))
 
     def save_image(self, image_id: str, data: bytes) -> None:
         uri = self._image_uri(image_id)
@@ -204,16 +366,23 @@ class SamService:
             raise ServiceError(422, f"unknown field(s) {', '.join(unknown)}: expected "
                                     f"{', '.join(sorted(_PREDICT_KEYS))}")
         formats = _formats(body.get("formats"))
-        boxes = body.get("boxes")
-        if boxes is None and body.get("box") is not None:
-            boxes = [body["box"]]
+        max_points, max_boxes = int(self.settings["max_points"]), int(self.settings["max_boxes"])
+        points = _prompt_rows(body.get("points"), "points", 2, max_points, "max_points",
+                              "[[x, y], ...]")
+        labels = _labels(body.get("labels"), max_points)
+        if body.get("boxes") is not None:
+            boxes = _prompt_rows(body["boxes"], "boxes", 4, max_boxes, "max_boxes",
+                                 "[[x0, y0, x1, y1], ...]")
+        elif body.get("box") is not None:
+            boxes = _prompt_rows([body["box"]], "box", 4, 1, "max_boxes", "[x0, y0, x1, y1]")
+        else:
+            boxes = None
         multimask = body.get("multimask", False)
         if not isinstance(multimask, bool):
             raise ServiceError(422, "multimask must be true or false")
         try:
-            pred = self.sam.predict(entry.embedding, points=body.get("points"),
-                                    point_labels=body.get("labels"), boxes=boxes,
-                                    multimask=multimask)
+            pred = self.sam.predict(entry.embedding, points=points, point_labels=labels,
+                                    boxes=boxes, multimask=multimask)
         except InputError as e:
             raise ServiceError(422, str(e)) from e
         h, w = entry.embedding.original_size
@@ -226,15 +395,26 @@ class SamService:
             "decode_ms": round((time.perf_counter() - t0) * 1000, 3),
         }
 
-    def automatic(self, image_id: str, entry: Entry, body: dict[str, Any], source: str,
-                  image: np.ndarray | None) -> dict[str, Any]:
-        """``POST /images/{id}/automatic``: generator parameters in, label map out."""
-        t0 = time.perf_counter()
+    def automatic_params(self, body: dict[str, Any]) -> tuple[AutomaticParams, tuple[str, ...]]:
+        """The generator parameters and answer formats of an ``automatic`` request body.
+
+        Raises:
+            ServiceError: 422 for unknown names or values of the wrong type or range.
+        """
         body = dict(body)
         formats = _formats(body.pop("formats", None))
         try:
-            params = AutomaticParams.from_mapping({**(self.settings["automatic_defaults"] or {}),
-                                                   **body})
+            return AutomaticParams.from_mapping(
+                {**(self.settings["automatic_defaults"] or {}), **body}), formats
+        except IcasError as e:
+            raise ServiceError(422, str(e)) from e
+
+    def automatic(self, image_id: str, entry: Entry, params: AutomaticParams,
+                  formats: tuple[str, ...], source: str,
+                  image: np.ndarray | None) -> dict[str, Any]:
+        """``POST /images/{id}/automatic``: generator parameters in, label map out."""
+        t0 = time.perf_counter()
+        try:
             records = self.sam.automatic(entry.embedding, image, params)
         except IcasError as e:
             raise ServiceError(422, str(e)) from e

@@ -16,9 +16,7 @@ checkpoint=...`` or a config file's ``import_path``).
 import asyncio
 import functools
 import hmac
-import json
 import logging
-import os
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -27,10 +25,18 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve import Application
+from starlette.requests import ClientDisconnect
 
 from icas_ray.errors import IcasError
-from icas_ray.serve._service import Entry, SamService, ServiceError, check_image_id
-from icas_ray.serve.args import SamServeArgs
+from icas_ray.serve._service import (
+    MAX_JSON_BYTES,
+    Entry,
+    SamService,
+    ServiceError,
+    check_image_id,
+    parse_json_body,
+)
+from icas_ray.serve.args import SamServeArgs, check_args
 
 __all__ = ["DEPLOYMENT_NAME", "build_app"]
 
@@ -64,17 +70,44 @@ def _http_boundary(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable
     return wrapper
 
 
-async def _json_body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if not raw:
-        return {}
+def _declared_length(request: Request) -> int | None:
+    value = request.headers.get("content-length")
+    if value is None:
+        return None
+    if not value.strip().isdigit():
+        raise ServiceError(400, f"Content-Length {value[:40]!r} is not a byte count")
+    return int(value)
+
+
+async def _read_body(request: Request, limit: int, what: str, fix: str) -> bytes:
+    """The request body, refused with a 413 as soon as it passes ``limit`` bytes.
+
+    A declared Content-Length is checked before reading; a chunked upload (no length) is read
+    chunk by chunk and abandoned at the limit, so a client cannot make the replica hold more
+    than ``limit`` plus one chunk (Starlette's ``body()`` would read it whole first).
+    """
+    too_large = ServiceError(413, f"{what} exceeds the limit of {limit} bytes: {fix}")
+    declared = _declared_length(request)
+    if declared is not None and declared > limit:
+        raise ServiceError(413, f"{what} of {declared} bytes exceeds the limit of {limit} "
+                                f"bytes: {fix}")
+    chunks: list[bytes] = []
+    size = 0
     try:
-        body = json.loads(raw)
-    except ValueError as e:
-        raise ServiceError(400, f"request body is not valid JSON ({e})") from e
-    if not isinstance(body, dict):
-        raise ServiceError(400, "request body must be a JSON object")
-    return body
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+    except ClientDisconnect as e:  # nobody is left to read the answer; no traceback to log
+        raise ServiceError(400, f"the client disconnected during the {what}") from e
+    return b"".join(chunks)
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    raw = await _read_body(request, MAX_JSON_BYTES, "JSON body",
+                           "prompts and parameters are small (256 points take ~4 KB)")
+    return parse_json_body(raw)
 
 
 def _keep_replica_grpc_on_loopback() -> None:
@@ -183,10 +216,6 @@ def _deployment_class(max_cached: int) -> Any:
         async def register(self, request: Request) -> Any:
             self._auth(request)
             ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-            length = int(request.headers.get("content-length") or 0)
-            if length > self.service.max_upload_bytes:
-                raise ServiceError(413, f"upload of {length} bytes exceeds the limit of "
-                                        f"{self.service.max_upload_bytes} bytes (max_upload_mb)")
             if ctype == "application/json":
                 body = await _json_body(request)
                 uri = body.get("uri")
@@ -195,7 +224,9 @@ def _deployment_class(max_cached: int) -> Any:
                                             "or POST the image bytes as application/octet-stream")
                 data = await self._run(self.service.read_uri, uri)
             else:
-                data = await request.body()
+                data = await _read_body(request, self.service.max_upload_bytes, "upload",
+                                        "downscale the image, or the operator raises "
+                                        "max_upload_mb")
                 if not data:
                     raise ServiceError(400, "empty body: POST the image bytes, or JSON {\"uri\": ...}")
             image_id, image = await self._run(self.service.check_upload, data)
@@ -235,36 +266,15 @@ def _deployment_class(max_cached: int) -> Any:
         async def automatic(self, image_id: str, request: Request) -> Any:
             self._auth(request)
             body = await _json_body(request)
+            params, formats = self.service.automatic_params(body)
             entry = await self._entry(image_id)
             image = None
-            if int(body.get("crop_n_layers") or 0) > 0:
+            if params.crop_n_layers > 0:  # crops are encoded from the image itself
                 image = await self._run(self.service.load_image, image_id)
-            return await self._run(self.service.automatic, image_id, entry, body,
+            return await self._run(self.service.automatic, image_id, entry, params, formats,
                                    entry.take_source(), image)
 
     return SamDeployment
-
-
-def _validate(args: SamServeArgs) -> None:
-    """Fail before deploying: a missing checkpoint or a store of another model."""
-    from icas_ray.errors import ModelLoadError
-    from icas_ray.serve._service import _storage
-    from icas_ray.serve.store import EmbeddingStore
-
-    storage = _storage(args.storage_options)
-    if args.checkpoint is not None and not storage.exists(args.checkpoint):
-        raise ModelLoadError(f"checkpoint {args.checkpoint!r} does not exist: give the path or "
-                             "s3:// URI of a segment_anything .pth file")
-    if args.embedding_store:
-        manifest = EmbeddingStore(args.embedding_store, storage).manifest()
-        if manifest is None:
-            raise IcasError(f"embedding store {args.embedding_store!r} has no manifest.json: "
-                            "create it with `icas serve embed`")
-        if manifest.get("model_type") != args.model_type:
-            raise IcasError(f"embedding store {args.embedding_store!r} holds "
-                            f"{manifest.get('model_type')} embeddings, not {args.model_type}")
-    if "://" not in args.image_store:
-        os.makedirs(args.image_store, exist_ok=True)
 
 
 def build_app(args: SamServeArgs) -> Application:
@@ -275,11 +285,12 @@ def build_app(args: SamServeArgs) -> Application:
 
     Raises:
         ModelLoadError: the checkpoint does not exist.
-        IcasError: the embedding store is missing or of another model type.
+        ConfigError: an allowed root is missing; the embedding store is missing or of another
+            model type (see :func:`~icas_ray.serve.args.check_args`).
     """
     if isinstance(args, dict):  # `serve run` passes a dict when called without the type hint
         args = SamServeArgs(**args)
-    _validate(args)
+    check_args(args)
     from icas_ray.sam import SAM_SPECS
 
     per_entry = SAM_SPECS[args.model_type].embedding_bytes

@@ -15,9 +15,11 @@ from __future__ import annotations
 import json
 import logging
 import posixpath
+import re
 from typing import TYPE_CHECKING, Any
 
-from icas_ray.errors import ConfigError, IcasError, InputError
+from icas_ray.errors import ConfigError, IcasError, InputError, StorageError
+from icas_ray.paths import join_inside
 from icas_ray.storage import Storage
 
 if TYPE_CHECKING:
@@ -29,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 STORE_FORMAT = "icas-sam-embeddings/1"
 _SUFFIX = ".npz"
+_ID_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 class EmbeddingStore:
@@ -44,7 +47,16 @@ class EmbeddingStore:
         self.storage = storage or Storage()
 
     def _path(self, name: str) -> str:
-        return self.storage.join(self.uri, name)
+        """A file of the store, checked to stay inside it (``join_inside``: a symlink in a
+        local store that leads out is refused)."""
+        return join_inside(self.uri, name)
+
+    def _entry(self, image_id: str) -> str:
+        """The file of one embedding; ids are content hashes, never names from an input."""
+        if not isinstance(image_id, str) or not _ID_RE.match(image_id):
+            raise StorageError(f"{image_id!r} is not an image id: expected the 64-hex sha256 "
+                               "of the image file")
+        return self._path(image_id + _SUFFIX)
 
     def manifest(self) -> dict[str, Any] | None:
         """The store's manifest, or None for a new (empty) store."""
@@ -92,19 +104,19 @@ class EmbeddingStore:
         return {n[:-len(_SUFFIX)] for n in names if n.endswith(_SUFFIX) and not n.startswith(".")}
 
     def has(self, image_id: str) -> bool:
-        return self.storage.exists(self._path(image_id + _SUFFIX))
+        return self.storage.exists(self._entry(image_id))
 
     def put(self, image_id: str, embedding: SamEmbedding) -> int:
         """Store one embedding (float16); returns the bytes written."""
         data = embedding.to_bytes()
-        self.storage.write_bytes(self._path(image_id + _SUFFIX), data)
+        self.storage.write_bytes(self._entry(image_id), data)
         return len(data)
 
     def get(self, image_id: str, *, device: str = "cpu") -> SamEmbedding | None:
         """The stored embedding of ``image_id``, or None when it is not stored."""
         from icas_ray.sam import SamEmbedding
 
-        path = self._path(image_id + _SUFFIX)
+        path = self._entry(image_id)
         try:
             data = self.storage.read_bytes(path)
         except InputError:
