@@ -70,3 +70,41 @@ def test_import_is_light() -> None:
             "bad=[m for m in ('torch','segment_anything','ray.serve') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+@pytest.mark.parametrize("extra, match", [
+    ([], "checkpoint '{tmp}/nope.pth' does not exist"),
+    (["--allow-uri", "{tmp}/no-such-root"], "--allow-uri '{tmp}/no-such-root' does not exist"),
+], ids=["missing-checkpoint", "missing-allow-uri-root"])
+def test_cli_serve_checks_arguments_before_starting_ray(tmp_path, extra, match) -> None:  # type: ignore[no-untyped-def]
+    """`icas serve` with a missing checkpoint (or root) exits 1 with one line before Ray is
+    even imported (it used to start Ray first and fail 15 s later)."""
+    import subprocess
+    import sys
+
+    ckpt = str(tmp_path / ("nope.pth" if not extra else "tiny.pth"))
+    if extra:
+        open(ckpt, "wb").close()
+    argv = ["serve", "--checkpoint", ckpt, "--model-type", "tiny", "--port", "1",
+            *[a.format(tmp=tmp_path) for a in extra]]
+    code = ("import sys\nfrom icas_ray.cli import main\n"
+            f"try:\n    main({argv!r})\n"
+            "except SystemExit as e:\n"
+            "    print('ray imported' if 'ray' in sys.modules else 'ray not imported')\n"
+            "    sys.exit(e.code)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       check=False)
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert r.stdout.strip() == "ray not imported", r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and match.format(tmp=tmp_path) in lines[0], r.stderr
+
+
+def test_cli_allow_uri_is_repeatable(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from icas_ray.cli.commands.serve import command
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    ctx = command.make_context("serve", ["--checkpoint", "x.pth", "--allow-uri", str(a),
+                                         "--allow-uri", str(b), "--allow-uri", "s3://bk/p/"])
+    assert ctx.params["allow_uri"] == (str(a), str(b), "s3://bk/p/")

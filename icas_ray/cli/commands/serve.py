@@ -51,6 +51,9 @@ def _storage_dict(storage: Storage) -> dict[str, Any]:
                    "use s3:// on a multi-node cluster).  [default: a temp folder]")
 @click.option("--cache-mb", type=click.FloatRange(min=0.001), default=None,
               help="Embedding cache per replica in MiB.  [default: 1024]")
+@click.option("--allow-uri", "allow_uri", metavar="ROOT", multiple=True,
+              help="Let clients register images by URI (POST /images {\"uri\": ...}) under "
+                   "this folder or s3:// prefix; repeatable.  [default: off, uploads only]")
 @storage_options
 @ray_options
 @click.pass_context
@@ -58,12 +61,15 @@ def command(ctx: click.Context, checkpoint: str | None, model_type: str | None, 
             port: int, replicas: int | None, min_replicas: int | None, max_replicas: int | None,
             gpu: bool, replica_cpus: float | None, token: str | None,
             embedding_store: str | None, image_store: str | None, cache_mb: float | None,
-            storage: Storage, address: str | None, num_cpus: int | None) -> None:
+            allow_uri: tuple[str, ...], storage: Storage, address: str | None,
+            num_cpus: int | None) -> None:
     """Serve Segment Anything over HTTP until Ctrl-C.
 
     \b
     Examples:
       icas serve --checkpoint ./sam_vit_b_01ec64.pth --model-type vit_b
+      icas serve --checkpoint ./sam_vit_b_01ec64.pth --allow-uri ./photos \\
+          --allow-uri s3://bucket/photos
       icas serve --checkpoint s3://models/sam_vit_h_4b8939.pth --model-type vit_h --gpu \\
           --min-replicas 1 --max-replicas 4 --address auto --token "$TOKEN"
       icas serve embed ./photos --checkpoint ./sam_vit_b_01ec64.pth --model-type vit_b \\
@@ -75,7 +81,7 @@ def command(ctx: click.Context, checkpoint: str | None, model_type: str | None, 
         raise click.UsageError("give --replicas or --min-replicas/--max-replicas, not both")
     if checkpoint is None:
         raise click.UsageError("--checkpoint is required: a SAM .pth file (local path or s3://)")
-    from icas_ray.serve.args import SamServeArgs
+    from icas_ray.serve.args import SamServeArgs, check_args
 
     given: dict[str, Any] = {
         "checkpoint": checkpoint, "model_type": model_type, "num_replicas": replicas,
@@ -83,11 +89,13 @@ def command(ctx: click.Context, checkpoint: str | None, model_type: str | None, 
         "num_gpus": 1.0 if gpu else None, "num_cpus": replica_cpus, "token": token,
         "embedding_store": embedding_store, "image_store": image_store, "cache_mb": cache_mb,
         "storage_options": _storage_dict(storage) or None,
+        "allowed_uri_prefixes": list(allow_uri) or None,
     }
     try:
         args = SamServeArgs(**{k: v for k, v in given.items() if v is not None})
     except ValueError as e:
         raise click.UsageError(str(e).splitlines()[-1]) from e
+    check_args(args)  # a missing checkpoint or root fails here, not after Ray has started
     run_server(args, host=host, port=port, resources=resources_from(address, num_cpus))
 
 
