@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, TypeVar
@@ -10,6 +11,7 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 
 from icas_ray.errors import ConfigError
+from icas_ray.params import coerce
 from icas_ray.images import ReadConfig
 
 #: Stacked features of N images: every array has N as its first axis.
@@ -92,14 +94,9 @@ class FeatureMethod(ABC):
             valid = ", ".join(sorted(fields)) or "none"
             raise ConfigError(f"unknown parameter(s) {', '.join(unknown)} for method {cls.name}: "
                               f"valid parameters are {valid}")
-        converted = {}
-        for key, value in values.items():
-            typ = type(getattr(cls.Params(), key))
-            try:
-                converted[key] = typ(value) if not isinstance(value, typ) else value
-            except (TypeError, ValueError) as e:
-                raise ConfigError(f"parameter {key}={value!r} of method {cls.name} is not a {typ.__name__}") from e
-        return cls.Params(**converted)
+        hints = typing.get_type_hints(cls.Params)
+        return cls.Params(**{k: coerce(v, hints[k], f"{cls.name} parameter {k}")
+                             for k, v in values.items()})
 
     @abstractmethod
     def extract(self, images: Sequence[np.ndarray]) -> Features:

@@ -13,6 +13,7 @@ from icas_ray.errors import ConfigError
 from icas_ray.features import get_method
 from icas_ray.graph import STRATEGIES
 from icas_ray.images import DEFAULT_MAX_PIXELS, ReadConfig
+from icas_ray.params import check_fields
 
 __all__ = ["FEATURE_COMPUTE", "OPTIONS", "TRANSFERS", "ClusterConfig", "load_config_file"]
 
@@ -72,6 +73,7 @@ class ClusterConfig:
     feature_compute: str = "tasks"
 
     def __post_init__(self) -> None:
+        check_fields(self)  # ClusterConfig(batch_size="x"): one line naming the key and type
         m = get_method(self.method, dict(self.method_params))  # validates name and params
         object.__setattr__(self, "method", m.name)
         if self.strategy is None:

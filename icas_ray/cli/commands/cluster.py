@@ -70,6 +70,7 @@ def command(input_uri: str, config_file: str | None, params: tuple[str, ...], ad
     """
     from icas_ray.cli._options import progress_reporter
     from icas_ray.pipeline.classic import cluster
+    from icas_ray.params import build
     from icas_ray.pipeline.config import ClusterConfig, load_config_file
 
     values: dict[str, Any] = load_config_file(config_file) if config_file else {}
@@ -80,7 +81,8 @@ def command(input_uri: str, config_file: str | None, params: tuple[str, ...], ad
     method_params.update(parse_key_values(params))
     if "size" in values and isinstance(values["size"], str):
         values["size"] = SizeType().convert(values["size"], None, None)
-    config = ClusterConfig(method_params=method_params, **values)
+    config = build(ClusterConfig, {"method_params": method_params, **values},
+                   source=f"config file {config_file}" if config_file else None)
     summary = cluster(input_uri, output, config, storage=storage,
                       resources=resources_from(address, num_cpus), progress=progress_reporter())
     c = summary["counts"]
