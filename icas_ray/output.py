@@ -22,17 +22,24 @@ import io
 import json
 import logging
 import posixpath
+import re
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from icas_ray.clustering import OUTLIER, UNREADABLE, BatchResult, MergeResult
 from icas_ray.storage import Storage
 
-__all__ = ["Layout", "TransferPlan", "plan_transfers", "render_report", "transfer_one"]
+__all__ = ["Layout", "TransferPlan", "count_results", "plan_transfers", "render_report",
+           "report_page_name", "report_pages", "write_tables"]
 
 logger = logging.getLogger(__name__)
+
+
+_CHECKPOINT = re.compile(r"batch_(\d{6,})\.npz")
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,11 @@ class Layout:
     def path(self, *parts: str) -> str:
         return self.storage.join(self.root, *parts)
 
+    def relative(self, uri: str) -> str:
+        """``uri``'s path under the root, ``/``-separated (``results/cluster_0``)."""
+        rel = uri[len(self.root):] if uri.startswith(self.root) else uri
+        return rel.replace("\\", "/").strip("/")
+
     @property
     def work(self) -> str:
         return self.path("_icas")
@@ -54,6 +66,12 @@ class Layout:
 
     def batch_checkpoint(self, batch: int) -> str:
         return self.work_path("batches", f"batch_{batch:06d}.npz")
+
+    @staticmethod
+    def checkpoint_batch(uri: str) -> int | None:
+        """The batch number of a :meth:`batch_checkpoint` URI (None for other files)."""
+        m = _CHECKPOINT.fullmatch(posixpath.basename(uri.replace("\\", "/")))
+        return int(m.group(1)) if m else None
 
     @property
     def summary(self) -> str:
@@ -119,29 +137,6 @@ def plan_transfers(uris: Sequence[str], folders: Sequence[str], storage: Storage
     return TransferPlan(src=src, dst=dst)
 
 
-def transfer_one(src: str, dst: str, mode: str, storage: Storage,
-                 existing_size: int | None) -> str:
-    """Copy or move one file idempotently; returns "done", "skipped" or raises.
-
-    ``existing_size`` is the destination's size if it already exists (from one listing of the
-    output), so a resumed run skips finished files without a request per file. A move deletes
-    its source only after the copy is verified; a move interrupted after the copy completes
-    here by deleting the source.
-    """
-    if existing_size is not None:
-        if not storage.exists(src):
-            return "skipped"  # moved before
-        if storage.size(src) == existing_size:
-            if mode == "move":
-                storage.delete(src)
-            return "skipped"
-    if mode == "move":
-        storage.move(src, dst)
-    else:
-        storage.copy(src, dst)
-    return "done"
-
-
 def _thumbnail(data: bytes, side: int = 96) -> str | None:
     from icas_ray.images import DecodeError, ReadConfig, decode
     from PIL import Image
@@ -180,15 +175,33 @@ table{border-collapse:collapse} td,th{padding:2px 8px;text-align:left;border-bot
 """
 
 
+#: What the report shows: thumbnails per cluster and per outlier folder, clusters per page,
+#: pages, and rows of the unreadable table. Whatever is cut is said on the page, with where
+#: to find the rest (the folders and ``manifest.parquet`` hold everything).
+REPORT_THUMBS = 8
+REPORT_OUTLIER_THUMBS = 32
+REPORT_PER_PAGE = 100
+REPORT_MAX_PAGES = 50
+REPORT_MAX_UNREADABLE = 1000
+
+
+def report_page_name(page: int) -> str:
+    """``report.html`` for page 1, ``report_<k>.html`` after it."""
+    return "report.html" if page == 1 else f"report_{page}.html"
+
+
 def render_report(summary: dict[str, Any], groups: list[tuple[str, int, list[tuple[str, str | None]]]],
-                  unreadable: list[tuple[str, str]]) -> str:
-    """The HTML report.
+                  unreadable: list[tuple[str, str]], *, page: int = 1, pages: int = 1,
+                  clusters: tuple[int, int, int] | None = None) -> str:
+    """One page of the HTML report.
 
     Args:
         summary: the run's summary (counts, parameters).
         groups: ``(title, total files, [(file name, base64 thumbnail or None), ...])`` per
-            cluster (then outliers).
-        unreadable: ``(uri, reason)`` of files that could not be read.
+            cluster (then outliers) shown on this page.
+        unreadable: ``(uri, reason)`` of the files that could not be read or listed (page 1).
+        page, pages: this page's number and how many there are (linked from each page).
+        clusters: ``(first, last, total)`` cluster numbers shown on this page, for its header.
     """
     esc = html.escape
     counts = summary.get("counts", {})
@@ -199,8 +212,20 @@ def render_report(summary: dict[str, Any], groups: list[tuple[str, int, list[tup
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>icas cluster report</title>",
         f"<style>{_REPORT_CSS}</style></head><body>",
         f"<h1>icas cluster report: {esc(str(summary.get('input', '')))}</h1>",
-        f"<table>{rows}</table><details><summary>parameters</summary><table>{prow}</table></details>",
     ]
+    if page == 1:
+        parts.append(f"<table>{rows}</table><details><summary>parameters</summary>"
+                     f"<table>{prow}</table></details>")
+    if pages > 1:
+        links = " ".join(f"<b>{k}</b>" if k == page else
+                         f"<a href='{report_page_name(k)}'>{k}</a>" for k in range(1, pages + 1))
+        parts.append(f"<p class='nav'>page {page} of {pages}: {links}</p>")
+    if clusters is not None:
+        first, last, total = clusters
+        parts.append(f"<p class='muted'>clusters {first}-{last} of {total} on this page"
+                     + (f"; clusters after {REPORT_PER_PAGE * REPORT_MAX_PAGES} are not shown in "
+                        "the report (they are in results/ and manifest.parquet)"
+                        if total > REPORT_PER_PAGE * REPORT_MAX_PAGES else "") + "</p>")
     for title, total, items in groups:
         shown = len(items)
         more = f" <span class='muted'>(showing {shown} of {total})</span>" if total > shown else ""
@@ -210,8 +235,93 @@ def render_report(summary: dict[str, Any], groups: list[tuple[str, int, list[tup
             parts.append(f"<figure title='{esc(name)}'>{img}{esc(name)}</figure>")
         parts.append("</div>")
     if unreadable:
-        parts.append(f"<h2>unreadable: {len(unreadable)} files (left in place)</h2><table>")
-        parts.extend(f"<tr><td>{esc(u)}</td><td>{esc(r)}</td></tr>" for u, r in unreadable[:1000])
+        cut = (f" <span class='muted'>(showing {REPORT_MAX_UNREADABLE} of {len(unreadable)}; all "
+               "are in manifest.parquet)</span>" if len(unreadable) > REPORT_MAX_UNREADABLE else "")
+        parts.append(f"<h2>unreadable: {len(unreadable)} files (left in place){cut}</h2><table>")
+        parts.extend(f"<tr><td>{esc(u)}</td><td>{esc(r)}</td></tr>"
+                     for u, r in unreadable[:REPORT_MAX_UNREADABLE])
         parts.append("</table>")
     parts.append("</body></html>")
     return "".join(parts)
+
+
+def report_pages(groups: dict[str, list[str]]) -> list[list[tuple[str, int]]]:
+    """Which groups each report page shows, as ``(title, thumbnails)``: the clusters in pages
+    of :data:`REPORT_PER_PAGE` (at most :data:`REPORT_MAX_PAGES` pages), and every outlier
+    folder on page 1, first."""
+    clusters = [t for t in groups if not t.endswith("outliers")]
+    outliers = [(t, REPORT_OUTLIER_THUMBS) for t in groups if t.endswith("outliers")]
+    shown = clusters[:REPORT_PER_PAGE * REPORT_MAX_PAGES]
+    pages = [[(t, REPORT_THUMBS) for t in shown[i:i + REPORT_PER_PAGE]]
+             for i in range(0, len(shown), REPORT_PER_PAGE)] or [[]]
+    pages[0] = outliers + pages[0]
+    return pages
+
+
+def write_tables(layout: Layout, results: Sequence[BatchResult], final: dict[int, np.ndarray] | None,
+                 location: dict[str, str], merge: MergeResult | None,
+                 unlisted: Sequence[tuple[str, str]] = ()) -> None:
+    """``manifest.parquet`` (one row per input, then one per entry that could not be listed,
+    status ``unlisted``) and ``edges.parquet``."""
+    import pyarrow as pa
+
+    cols: dict[str, list[Any]] = defaultdict(list)
+    for r in results:
+        is_rep = np.zeros(len(r.uris), bool)
+        is_rep[r.rep_index] = True
+        clusters = final[r.batch] if final is not None else None
+        for i, uri in enumerate(r.uris):
+            bl = int(r.labels[i])
+            c = int(clusters[i]) if clusters is not None else -1
+            cols["uri"].append(str(uri))
+            cols["size"].append(int(r.sizes[i]))
+            cols["batch"].append(int(r.batch))
+            cols["batch_cluster"].append(bl if bl >= 0 else None)
+            cols["cluster"].append(c if c >= 0 else None)
+            cols["is_representative"].append(bool(is_rep[i]))
+            cols["status"].append(str(r.status[i]) if bl != UNREADABLE else "unreadable")
+            cols["error"].append(str(r.error[i]) or None)
+            cols["location"].append(location.get(str(uri), str(uri)))
+    for uri, why in unlisted:
+        for key, value in (("uri", uri), ("size", None), ("batch", None), ("batch_cluster", None),
+                           ("cluster", None), ("is_representative", False), ("status", "unlisted"),
+                           ("error", why), ("location", uri)):
+            cols[key].append(value)
+    types = {"uri": pa.string(), "size": pa.int64(), "batch": pa.int32(),
+             "batch_cluster": pa.int32(), "cluster": pa.int32(), "is_representative": pa.bool_(),
+             "status": pa.string(), "error": pa.string(), "location": pa.string()}
+    layout.storage.write_table(layout.path("manifest.parquet"),
+                               pa.table({k: pa.array(cols[k], t) for k, t in types.items()}))
+    ea, eb, es, ep = [], [], [], []
+    for r in results:
+        ea.extend(r.uris[r.edge_a].astype(str))
+        eb.extend(r.uris[r.edge_b].astype(str))
+        es.extend(r.edge_sim.tolist())
+        ep.extend(["batch"] * len(r.edge_a))
+    if merge is not None:
+        ea.extend(merge.edge_uri_a.astype(str))
+        eb.extend(merge.edge_uri_b.astype(str))
+        es.extend(merge.edge_sim.tolist())
+        ep.extend(["merge"] * len(merge.edge_sim))
+    layout.storage.write_table(layout.path("edges.parquet"), pa.table({
+        "a": pa.array(ea, pa.string()), "b": pa.array(eb, pa.string()),
+        "similarity": pa.array(es, pa.float32()), "phase": pa.array(ep, pa.string())}))
+
+
+def count_results(results: Sequence[BatchResult], final: dict[int, np.ndarray] | None,
+                  failed: dict[str, str], unlisted: int = 0) -> dict[str, int]:
+    """The summary's counts (``images`` are the listed inputs; ``unlisted`` entries could not
+    be listed at all)."""
+    labels = np.concatenate([(final[r.batch] if final is not None else r.labels) for r in results])
+    batch_ids = np.concatenate([np.full(len(r.labels), r.batch) for r in results])
+    readable = labels != UNREADABLE
+    if final is not None:
+        n_clusters = int(labels.max() + 1) if readable.any() and labels.max() >= 0 else 0
+    else:
+        n_clusters = len({(b, c) for b, c in zip(batch_ids[labels >= 0], labels[labels >= 0])})
+    return {
+        "images": int(len(labels)), "readable": int(readable.sum()),
+        "unreadable": int((~readable).sum()), "unlisted": int(unlisted), "clusters": n_clusters,
+        "clustered_images": int((labels >= 0).sum()), "outliers": int((labels == OUTLIER).sum()),
+        "transfer_errors": len(failed),
+    }

@@ -16,10 +16,14 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
 import os
 import posixpath
+import re
 import shutil
+import stat
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -33,9 +37,12 @@ from icas_ray.errors import ConfigError, InputError, StorageError
 __all__ = [
     "IMAGE_EXTENSIONS",
     "FileInfo",
+    "Listing",
     "Storage",
     "StorageOptions",
+    "DestinationExists",
     "is_remote",
+    "is_temp_name",
     "map_io",
     "parse_storage_options",
     "sniff_image",
@@ -160,6 +167,34 @@ class FileInfo:
     size: int
 
 
+@dataclass(frozen=True)
+class Listing:
+    """What a listing found: the image files, and every entry that could not be listed or
+    read (a directory without permission, a broken symlink, a symlink cycle), with its reason."""
+
+    files: list[FileInfo]
+    problems: list[tuple[str, str]]
+
+
+#: Names of the temporary files :meth:`Storage.write_bytes` and local copies write before
+#: renaming or linking them into place (``.<name>.<32 hex>.tmp``); a kill can leave them
+#: behind, and a resumed run removes its own leftovers (:func:`is_temp_name`).
+_TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{32}\.tmp$")
+
+
+def is_temp_name(name: str) -> bool:
+    """True for the base name of a temporary file icas-ray writes before renaming it."""
+    return bool(_TEMP_NAME.match(name))
+
+
+def _temp_sibling(path: str) -> str:
+    return os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+
+
+class DestinationExists(StorageError):
+    """A transfer found its destination taken (by a file this transfer did not write)."""
+
+
 class Storage:
     """File operations on URIs through fsspec; picklable (the filesystems are per process)."""
 
@@ -223,6 +258,9 @@ class Storage:
                 bucket = uri.split("://", 1)[1].split("/", 1)[0]
                 return StorageError(f"bucket {bucket!r} does not exist: check the name in {uri!r}")
             return InputError(f"{uri!r} does not exist: check the path")
+        if isinstance(e, PermissionError) and not is_remote(uri):
+            return StorageError(f"permission denied to {action} {uri!r}: check the file's "
+                                "permissions (or run as a user who may read it)")
         if isinstance(e, PermissionError) or "AccessDenied" in text or "InvalidAccessKeyId" in text \
                 or "SignatureDoesNotMatch" in text or "Forbidden" in text:
             return StorageError(
@@ -268,7 +306,18 @@ class Storage:
         return posixpath.join(base, *parts)
 
     def list_files(self, uri: str) -> list[FileInfo]:
-        """Every file under ``uri`` (recursively), sorted by URI."""
+        """Every file under ``uri`` (recursively), sorted by URI; see :meth:`scan` for the
+        entries that could not be listed."""
+        return self.scan(uri).files
+
+    def scan(self, uri: str) -> Listing:
+        """Every file under ``uri`` (recursively, sorted by URI), and what could not be listed.
+
+        Local folders are walked following symlinks (to files and to folders; a folder reached
+        twice, as through a symlink cycle, is listed once and reported). Entries that cannot
+        be read (a folder without permission, a broken symlink) are reported with a reason
+        instead of being left out silently.
+        """
         fs, path = self.fs(uri)
         if not self._call(uri, "list", fs.exists, path):
             if is_remote(uri):
@@ -276,9 +325,16 @@ class Storage:
                 if not self._call(uri, "list", fs.exists, bucket):
                     raise StorageError(f"bucket {bucket!r} does not exist: check the name in {uri!r}")
             raise InputError(f"{uri!r} does not exist: check the path")
+        if _scheme(uri) == "file":
+            if not os.path.isdir(path):
+                return Listing([FileInfo(uri, os.stat(path).st_size)], [])
+            found, problems = _walk_local(path)
+            files = [FileInfo(self._uri(uri, p), size) for p, size in found]
+            files.sort(key=lambda f: f.uri)
+            return Listing(files, [(self._uri(uri, p), why) for p, why in problems])
         if not self._call(uri, "list", fs.isdir, path):
             info = self._call(uri, "list", fs.info, path)
-            return [FileInfo(uri, int(info.get("size") or 0))]
+            return Listing([FileInfo(uri, int(info.get("size") or 0))], [])
         found = self._call(uri, "list", fs.find, path, detail=True)
         out = [
             FileInfo(self._uri(uri, p), int(info.get("size") or 0))
@@ -286,11 +342,20 @@ class Storage:
             if info.get("type", "file") == "file" and not p.endswith("/")
         ]
         out.sort(key=lambda f: f.uri)
-        return out
+        return Listing(out, [])
 
     def list_images(self, uri: str, *, sniff: bool = False,
                     exclude: tuple[str, ...] = ()) -> list[FileInfo]:
-        """Image files under ``uri``, recursively, with sizes.
+        """Image files under ``uri``, recursively, with sizes (see :meth:`scan_images`; the
+        entries that could not be listed are logged)."""
+        listing = self.scan_images(uri, sniff=sniff, exclude=exclude)
+        for entry, why in listing.problems[:20]:
+            logger.warning("not listed: %s (%s)", entry, why)
+        return listing.files
+
+    def scan_images(self, uri: str, *, sniff: bool = False,
+                    exclude: tuple[str, ...] = ()) -> Listing:
+        """Image files under ``uri``, recursively, with sizes, and what could not be listed.
 
         Args:
             uri: a folder (or one file) as local path, ``file://`` or ``s3://`` URI.
@@ -303,7 +368,8 @@ class Storage:
         """
         images: list[FileInfo] = []
         excluded = tuple(e.rstrip("/") + "/" for e in exclude)
-        for f in self.list_files(uri):
+        listing = self.scan(uri)
+        for f in listing.files:
             if excluded and f.uri.startswith(excluded):
                 continue
             name = posixpath.basename(f.uri.replace(os.sep, "/"))
@@ -312,9 +378,16 @@ class Storage:
             ext = posixpath.splitext(name)[1].lower()
             if ext in IMAGE_EXTENSIONS:
                 images.append(f)
-            elif sniff and f.size >= 4 and sniff_image(self.read_head(f.uri, _SNIFF_BYTES)):
-                images.append(f)
-        return images
+            elif sniff and f.size >= 4:
+                try:
+                    if sniff_image(self.read_head(f.uri, _SNIFF_BYTES)):
+                        images.append(f)
+                except (OSError, StorageError) as e:
+                    listing.problems.append((f.uri, f"cannot read: {e}"))
+        problems = [(u, why) for u, why in listing.problems
+                    if not (excluded and u.startswith(excluded))
+                    and not posixpath.basename(u.replace(os.sep, "/")).startswith(".")]
+        return Listing(images, problems)
 
     # -- reading and writing ---------------------------------------------------------------
     def read_bytes(self, uri: str) -> bytes:
@@ -335,7 +408,7 @@ class Storage:
         if _scheme(uri) == "file":
             parent = os.path.dirname(path)
             os.makedirs(parent, exist_ok=True)
-            tmp = os.path.join(parent, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+            tmp = _temp_sibling(path)
             try:
                 with open(tmp, "wb") as fh:
                     fh.write(data)
@@ -353,6 +426,22 @@ class Storage:
 
     def read_text(self, uri: str) -> str:
         return self.read_bytes(uri).decode("utf-8")
+
+    def read_table(self, uri: str) -> Any:
+        """A Parquet file as a ``pyarrow.Table``."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        return pq.read_table(pa.BufferReader(self.read_bytes(uri)))
+
+    def write_table(self, uri: str, table: Any) -> None:
+        """Write a ``pyarrow.Table`` as Parquet, atomically (see :meth:`write_bytes`)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        buf = pa.BufferOutputStream()
+        pq.write_table(table, buf)
+        self.write_bytes(uri, buf.getvalue().to_pybytes())
 
     def makedirs(self, uri: str) -> None:
         """Create a folder (a no-op on object stores, which have no folders)."""
@@ -409,6 +498,92 @@ class Storage:
         self.copy(src, dst, verify=True)
         self.delete(src)
 
+    # -- transfers that never replace a file -----------------------------------------------
+    def content_hash(self, uri: str) -> str:
+        """The MD5 (hex) of a file's content: read for local files; for objects, the ETag
+        when it is a plain MD5 (single-part uploads and copies), else read."""
+        fs, path = self.fs(uri)
+        if is_remote(uri):
+            info = self._call(uri, "stat", fs.info, path)
+            etag = str(info.get("ETag") or info.get("etag") or "").strip('"')
+            if re.fullmatch(r"[0-9a-f]{32}", etag):
+                return etag
+            return hashlib.md5(self.read_bytes(uri), usedforsecurity=False).hexdigest()
+        digest = hashlib.md5(usedforsecurity=False)
+        with self._call(uri, "read", open, path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+    def transfer_new(self, src: str, dst: str, *, move: bool) -> tuple[int, str]:
+        """Copy ``src`` to ``dst``, never replacing a file already at ``dst``; returns the
+        copy's ``(size, md5)``. With ``move`` a local file on the same disk is hard-linked
+        (no data copied); the source is never deleted here: the caller records the transfer
+        first, then calls :meth:`delete`.
+
+        Local copies are written to a temporary sibling and linked into place, so ``dst``
+        never holds a partial copy. A symlinked source is copied by content.
+
+        Raises:
+            DestinationExists: ``dst`` exists.
+            StorageError: the copy's size differs from the source's.
+        """
+        if _scheme(src) == _scheme(dst) == "file":
+            spath, dpath = self.fs(src)[1], self.fs(dst)[1]
+            os.makedirs(os.path.dirname(dpath), exist_ok=True)
+            if move and not os.path.islink(spath):
+                try:
+                    os.link(spath, dpath)
+                    return os.stat(dpath).st_size, self.content_hash(dst)
+                except FileExistsError as e:
+                    raise DestinationExists(f"{dst!r} exists already") from e
+                except OSError:
+                    pass  # another disk, or no hard links there: copy instead
+            size = os.stat(spath).st_size
+            with self._call(src, "read", open, spath, "rb") as fh:
+                md5 = self._put_local_new(dst, fh, fsync=move)
+            _check_copy(src, dst, size, os.stat(dpath).st_size)
+            return size, md5
+        if self.exists(dst):
+            raise DestinationExists(f"{dst!r} exists already")
+        if _scheme(src) == _scheme(dst):
+            sfs, spath = self.fs(src)
+            self._call(src, "copy", sfs.copy, spath, self.fs(dst)[1])
+            self._verify(src, dst)
+            return self.size(dst), self.content_hash(dst)
+        data = self.read_bytes(src)
+        md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
+        if _scheme(dst) == "file":
+            self._put_local_new(dst, io.BytesIO(data), fsync=move)
+        else:
+            self.write_bytes(dst, data)
+        _check_copy(src, dst, len(data), self.size(dst))
+        return len(data), md5
+
+    def _put_local_new(self, dst: str, source: Any, *, fsync: bool) -> str:
+        """Stream ``source`` (a binary file object) to a temporary sibling of ``dst`` and
+        link it into place (never replacing a file there); returns the MD5."""
+        dpath = self.fs(dst)[1]
+        os.makedirs(os.path.dirname(dpath), exist_ok=True)
+        tmp = _temp_sibling(dpath)
+        digest = hashlib.md5(usedforsecurity=False)
+        try:
+            with open(tmp, "wb") as out:
+                for chunk in iter(lambda: source.read(1 << 20), b""):
+                    digest.update(chunk)
+                    out.write(chunk)
+                if fsync:  # the source is deleted after this copy: it must be on disk
+                    out.flush()
+                    os.fsync(out.fileno())
+            try:
+                os.link(tmp, dpath)
+            except FileExistsError as e:
+                raise DestinationExists(f"{dst!r} exists already") from e
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return digest.hexdigest()
+
     def delete(self, uri: str) -> None:
         fs, path = self.fs(uri)
         self._call(uri, "delete", fs.rm_file, path)
@@ -418,6 +593,53 @@ class Storage:
         fs, path = self.fs(uri)
         if self._call(uri, "check", fs.exists, path):
             self._call(uri, "delete", fs.rm, path, recursive=True)
+
+
+def _reason(e: OSError) -> str:
+    if isinstance(e, PermissionError):
+        return "permission denied"
+    return e.strerror or str(e)
+
+
+def _walk_local(root: str) -> tuple[list[tuple[str, int]], list[tuple[str, str]]]:
+    """``([(path, size)], [(path, reason)])`` of the regular files under ``root``, following
+    symlinks; each folder (by device and inode) is entered once, so cycles end."""
+    files: list[tuple[str, int]] = []
+    problems: list[tuple[str, str]] = []
+    seen: set[tuple[int, int]] = set()
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            st = os.stat(folder)
+        except OSError as e:
+            problems.append((folder, f"cannot list folder: {_reason(e)}"))
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            problems.append((folder, "skipped: a symlink to a folder already listed (cycle or "
+                                     "second link)"))
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        try:
+            with os.scandir(folder) as it:
+                entries = list(it)
+        except OSError as e:
+            problems.append((folder, f"cannot list folder: {_reason(e)}"))
+            continue
+        for entry in entries:
+            try:
+                target = entry.stat(follow_symlinks=True)
+            except OSError as e:
+                kind = "broken symlink" if entry.is_symlink() else "cannot stat"
+                problems.append((entry.path, f"{kind}: {_reason(e)}"))
+                continue
+            if stat.S_ISDIR(target.st_mode):
+                stack.append(entry.path)
+            elif stat.S_ISREG(target.st_mode):
+                files.append((entry.path, target.st_size))
+            elif not entry.name.startswith("."):
+                problems.append((entry.path, "not a regular file (a FIFO, socket or device)"))
+    return files, problems
 
 
 def _check_copy(src: str, dst: str, size: int, copied: int) -> None:

@@ -157,17 +157,30 @@ def test_storage_pickles_without_filesystems(tmp_path):  # type: ignore[no-untyp
 
 
 @pytest.mark.parametrize("mode", ["copy", "move"])
-def test_a_copy_cut_short_is_redone_on_resume(tmp_path, mode):  # type: ignore[no-untyped-def]
-    """Local copies are written under their final name: what a crash leaves there is shorter
-    than the source, and a resumed transfer (which compares sizes) does it again."""
-    from icas_ray.output import transfer_one
+def test_transfers_never_take_a_file_they_did_not_write(tmp_path, mode):  # type: ignore[no-untyped-def]
+    """A copy is written under a temporary name and linked into place, so a destination never
+    holds a partial copy; a destination this run did not write (other content) is left alone
+    with its source, and a rerun skips what the run's records say it wrote."""
+    from icas_ray.pipeline.journal import transfer_group
 
     st = Storage()
+    records_dir = str(tmp_path / "records")
     src, dst = str(tmp_path / "src.png"), str(tmp_path / "out" / "dst.png")
     st.write_bytes(src, PNG * 10)
     os.makedirs(os.path.dirname(dst))
     with open(dst, "wb") as f:
-        f.write((PNG * 10)[:7])  # the crash
-    assert transfer_one(src, dst, mode, st, existing_size=7) == "done"
+        f.write(b"\0" * len(PNG * 10))  # a foreign file of the same size
+    out = transfer_group([(src, dst)], mode, st, existing={dst: len(PNG * 10)}, records={},
+                         record_dir=records_dir)
+    assert out[0][1].startswith("error: ") and "not written by this run" in out[0][1]
+    assert st.read_bytes(src) == PNG * 10 and st.read_bytes(dst) == b"\0" * len(PNG * 10)
+    os.remove(dst)
+    assert transfer_group([(src, dst)], mode, st, existing={}, records={},
+                          record_dir=records_dir) == [(dst, "done")]
     assert st.read_bytes(dst) == PNG * 10 and st.exists(src) == (mode == "copy")
-    assert transfer_one(src, dst, mode, st, existing_size=len(PNG * 10)) == "skipped"  # finished
+    assert not [n for n in os.listdir(tmp_path / "out") if n != "dst.png"]  # no temp file left
+    import json
+
+    records = {r["dst"]: r for name in os.listdir(records_dir)
+               for r in json.load(open(os.path.join(records_dir, name)))}
+    assert records[dst]["size"] == len(PNG * 10) and len(records[dst]["md5"]) == 32

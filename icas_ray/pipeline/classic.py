@@ -22,13 +22,11 @@ import os
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from icas_ray.clustering import (
-    OUTLIER,
     UNREADABLE,
     BatchResult,
     MergeResult,
@@ -38,20 +36,22 @@ from icas_ray.clustering import (
 from icas_ray.errors import ConfigError, InputError
 from icas_ray.features import Features, get_method
 from icas_ray.images import ReadConfig
-from icas_ray.output import Layout, TransferPlan, plan_transfers, render_report, thumbnails, transfer_one
+from icas_ray.output import (
+    REPORT_PER_PAGE, Layout, TransferPlan, count_results, render_report, report_page_name,
+    report_pages, thumbnails, write_tables,
+)
+from icas_ray.paths import is_inside
 from icas_ray.pipeline.config import ClusterConfig
+from icas_ray.pipeline.journal import Journal, RunLock, RunState, TransferRecord, transfer_group
 from icas_ray.pipeline.read import DecodeImages, read_bytes_batch
 from icas_ray.progress import NullProgress, Progress
 from icas_ray.runtime import ResourceConfig, cluster_cpus, cluster_gpus, init_ray
-from icas_ray.storage import FileInfo, Storage
+from icas_ray.storage import FileInfo, Listing, Storage, is_temp_name
 
 __all__ = ["cluster", "default_output"]
 
 logger = logging.getLogger(__name__)
 
-#: Version of the unfinished-run state and of the batch results it points to; a run of
-#: another version is not resumed (2: minhash signatures became pixel positions).
-STATE_VERSION = 2
 #: Rows per Ray Data batch for decoding and features.
 _ROWS_PER_UDF_CALL = 64
 
@@ -171,22 +171,24 @@ class _MergeActor:
                              threads=os.cpu_count() or 1)
 
 
-def _write_task(items: list[tuple[str, str, int | None]], mode: str, storage: Storage,
-                ) -> list[tuple[str, str]]:
-    """Transfer files (remote ones in threads: see :func:`icas_ray.storage.map_io`); returns
-    ``(dst, "done"|"skipped"|"error: ...")`` per file."""
-    from icas_ray.errors import IcasError
+
+def _write_task(items: list[tuple[str, str]], mode: str, storage: Storage, existing: dict[str, int],
+                records: dict[str, TransferRecord], record_dir: str) -> list[tuple[str, str]]:
+    """Transfer files in groups (each group's records are stored before its moved sources are
+    deleted: :func:`icas_ray.pipeline.journal.transfer_group`); remote groups in threads."""
     from icas_ray.storage import is_remote, map_io
 
-    def one(item: tuple[str, str, int | None]) -> tuple[str, str]:
-        src, dst, existing = item
-        try:
-            return dst, transfer_one(src, dst, mode, storage, existing)
-        except (OSError, IcasError) as e:
-            return dst, f"error: {e}"
-
     remote = bool(items) and (is_remote(items[0][0]) or is_remote(items[0][1]))
-    return map_io(one, items, remote=remote)
+    # Remote groups are small so that threads overlap their requests; local ones large so
+    # that a record file is written per few hundred files, not per file.
+    size = 32 if remote else 256
+    groups = [items[i:i + size] for i in range(0, len(items), size)]
+
+    def one(group: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        return transfer_group(group, mode, storage, existing=existing, records=records,
+                              record_dir=record_dir)
+
+    return [r for part in map_io(one, groups, remote=remote, threads=8) for r in part]
 
 
 def _thumbs_task(uris: list[str], storage: Storage) -> list[str | None]:
@@ -197,119 +199,44 @@ def _thumbs_task(uris: list[str], storage: Storage) -> list[str | None]:
 # Driver
 
 
-@dataclass
-class _State:
-    """What the driver knows about the output folder before it starts."""
-
-    layout: Layout
-    resume: bool
-    threshold: float | None
-    threshold_source: str
-    batches_done: set[int]
+def _normalise_output(output: str) -> str:
+    """One form for the output's URIs (plans, listings and records compare them as strings):
+    local paths absolute, no trailing separator."""
+    if "://" not in output:
+        return os.path.abspath(os.path.expanduser(output))
+    return output.rstrip("/")
 
 
 def _check_paths(input_uri: str, output: str, storage: Storage) -> None:
-    def norm(u: str) -> str:
-        fs, path = storage.fs(u)
-        return path.rstrip("/") + "/"
-
-    i, o = norm(input_uri), norm(output)
-    if o.startswith(i):
+    """Refuse an output inside the input (or the reverse), compared on resolved paths (a
+    symlink cannot hide it), before anything is written or Ray starts."""
+    if is_inside(input_uri, output):
         raise ConfigError(f"output {output!r} is inside the input {input_uri!r}: "
                           "choose an --output outside the input folder")
-    if i.startswith(o):
+    if is_inside(output, input_uri):
         raise ConfigError(f"input {input_uri!r} is inside the output {output!r}: choose another --output")
 
 
-def _prepare(input_uri: str, layout: Layout, config: ClusterConfig) -> _State:
-    st = layout.storage
-    plan_uri = layout.work_path("state.json")
-    summary_exists = st.exists(layout.summary)
-    state_exists = st.exists(plan_uri)
-    previous = json.loads(st.read_text(plan_uri)) if state_exists else None
-    if config.overwrite and (summary_exists or state_exists):
-        if previous and previous.get("transfer") == "move" and (
-                st.exists(layout.path("results")) or st.exists(layout.path("batches"))):
-            raise ConfigError(
-                f"{layout.root!r} holds images moved there by an earlier run: --overwrite would "
-                "delete them; move them back or choose another --output")
-        logger.info("--overwrite: removing the previous result in %s", layout.root)
-        for part in ("results", "batches", "_icas", "manifest.parquet", "edges.parquet",
-                     "summary.json", "report.html"):
-            target = layout.path(part)
-            if st.exists(target):
-                if st.isdir(target):
-                    st.delete_tree(target)
-                else:
-                    st.delete(target)
-        previous, summary_exists = None, False
-    if summary_exists and not config.overwrite:
-        done = json.loads(st.read_text(layout.summary))
-        done_option = done.get("parameters", {}).get("option", "all")
-        if not (config.option == "merge" and done_option == "dontmerge") and not (
-                config.option == "all" and done_option == "dontmerge"):
-            raise ConfigError(
-                f"{layout.root!r} already holds a finished result: pass --overwrite to replace "
-                "it or --output to write elsewhere")
-    if config.option == "merge" and previous is None:
-        raise ConfigError(f"--option merge needs the batch results of an earlier run in "
-                          f"{layout.root!r}: run with --option dontmerge (or all) first")
-    if previous is not None:
-        if previous.get("version") != STATE_VERSION:
-            raise ConfigError(
-                f"{layout.root!r} holds an unfinished run of another icas version, whose batch "
-                "results this version cannot merge: pass --overwrite to start over")
-        if previous.get("input") != input_uri or previous.get("fingerprint") != config.fingerprint():
-            raise ConfigError(
-                f"{layout.root!r} holds an unfinished run with other parameters: rerun it with the "
-                "same options to resume, or pass --overwrite to start over")
-        done = {int(os.path.basename(f.uri)[6:12]) for f in st.list_files(layout.work_path("batches"))
-                if f.uri.endswith(".npz")} if st.exists(layout.work_path("batches")) else set()
-        thr = previous.get("threshold")
-        if config.threshold is not None and thr is not None and abs(config.threshold - thr) > 1e-12:
-            raise ConfigError(f"{layout.root!r} holds an unfinished run with threshold {thr}: rerun "
-                              "with the same --threshold to resume, or pass --overwrite")
-        return _State(layout, True, thr, previous.get("threshold_source", "given"), done)
-    return _State(layout, False, config.threshold, "given" if config.threshold is not None else "",
-                  set())
-
-
-def _save_state(state: _State, input_uri: str, config: ClusterConfig) -> None:
-    state.layout.storage.write_text(state.layout.work_path("state.json"), json.dumps({
-        "version": STATE_VERSION, "input": input_uri, "fingerprint": config.fingerprint(),
-        "threshold": state.threshold, "threshold_source": state.threshold_source,
-        "transfer": config.transfer,
-    }, indent=1))
-
-
-def _listing(input_uri: str, layout: Layout, config: ClusterConfig, resume: bool,
-             progress: Progress) -> tuple[list[FileInfo], np.ndarray]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    st = layout.storage
-    uri = layout.work_path("listing.parquet")
+def _listing(input_uri: str, journal: Journal, config: ClusterConfig, resume: bool,
+             progress: Progress) -> tuple[Listing, np.ndarray]:
     progress.start("listing")
-    if resume and st.exists(uri):
-        table = pq.read_table(pa.BufferReader(st.read_bytes(uri)))
-        files = [FileInfo(u, int(s)) for u, s in zip(table.column("uri").to_pylist(),
-                                                    table.column("size").to_pylist())]
-        batches = np.asarray(table.column("batch").to_pylist(), np.int64)
-        progress.finish("listing", f"{len(files)} images (saved listing of the interrupted run)")
-        return files, batches
-    files = st.list_images(input_uri, sniff=config.sniff, exclude=(layout.root,))
-    if not files:
+    saved = journal.load_listing() if resume else None
+    if saved is not None:
+        progress.finish("listing", f"{len(saved[0].files)} images (saved listing of the interrupted run)")
+        return saved
+    listing = journal.storage.scan_images(input_uri, sniff=config.sniff, exclude=(journal.layout.root,))
+    if not listing.files:
         raise InputError(f"no images found under {input_uri!r}: expected files with image "
                          "extensions (.png, .jpg, ...); add --sniff to detect images by content")
     # The original's heuristic: similar images have similar sizes, so sort by size.
-    files.sort(key=lambda f: (f.size, f.uri))
-    batches = np.arange(len(files)) // config.batch_size
-    buf = pa.BufferOutputStream()
-    pq.write_table(pa.table({"uri": [f.uri for f in files], "size": [f.size for f in files],
-                             "batch": batches}), buf)
-    st.write_bytes(uri, buf.getvalue().to_pybytes())
-    progress.finish("listing", f"{len(files)} images in {int(batches.max()) + 1} batches")
-    return files, batches
+    listing.files.sort(key=lambda f: (f.size, f.uri))
+    batches = np.arange(len(listing.files)) // config.batch_size
+    journal.save_listing(listing.files, batches, listing.problems)
+    unlisted = f"; {len(listing.problems)} entries could not be listed" if listing.problems else ""
+    for uri, why in listing.problems[:10]:
+        logger.warning("not listed: %s (%s)", uri, why)
+    progress.finish("listing", f"{len(listing.files)} images in {int(batches.max()) + 1} batches{unlisted}")
+    return listing, batches
 
 
 def _suggest_threshold(files: Sequence[FileInfo], config: ClusterConfig, storage: Storage,
@@ -422,32 +349,31 @@ def _run_batches(files: Sequence[FileInfo], batches: np.ndarray, pending: set[in
     return finished, refs
 
 
-def _load_checkpoints(layout: Layout, batches: set[int]) -> list[BatchResult]:
-    return [BatchResult.from_bytes(layout.storage.read_bytes(layout.batch_checkpoint(b)))
-            for b in sorted(batches)]
 
-
-def _write_files(plan: TransferPlan, mode: str, layout: Layout, config: ClusterConfig,
-                 progress: Progress) -> dict[str, str]:
+def _write_files(plan: TransferPlan, mode: str, journal: Journal, plan_name: str,
+                 folder: str, config: ClusterConfig, progress: Progress) -> dict[str, str]:
     """Run the transfer plan with Ray tasks; returns ``{dst: outcome}``."""
     import ray
 
-    st = layout.storage
+    st = journal.storage
     existing: dict[str, int] = {}
-    roots = {d.rsplit("/", 2)[0] if "://" in d else os.path.dirname(os.path.dirname(d))
-             for d in plan.dst[:1]}
-    for root in roots:
-        if st.exists(root):
-            existing.update({f.uri: f.size for f in st.list_files(root)})
+    if st.exists(folder):
+        for f in st.list_files(folder):
+            if is_temp_name(os.path.basename(f.uri)):
+                st.delete(f.uri)  # a copy a kill cut short: never under its final name
+            else:
+                existing[f.uri] = f.size
+    records = journal.records(plan_name)
     # By destination: each task then fills whole folders, and two tasks rarely create files in
     # one folder at once (they would queue on its lock).
-    items = sorted(((str(s), str(d), existing.get(str(d))) for s, d in zip(plan.src, plan.dst)),
-                   key=lambda item: item[1])
+    items = sorted(((str(s), str(d)) for s, d in zip(plan.src, plan.dst)), key=lambda item: item[1])
     # Few large tasks: each new worker process costs about a second to start.
     per_task = config.files_per_task or int(np.clip(-(-len(items) // int(cluster_cpus())), 64, 4096))
     chunks = [items[i:i + per_task] for i in range(0, len(items), per_task)]
     task = ray.remote(_write_task).options(num_cpus=0.25)
-    pending = [task.remote(c, mode, st) for c in chunks]
+    pending = [task.remote(c, mode, st, {d: existing[d] for _, d in c if d in existing},
+                           {d: records[d] for _, d in c if d in records},
+                           journal.records_dir(plan_name)) for c in chunks]
     outcome: dict[str, str] = {}
     progress.start("writing", len(items))
     done_chunks = 0
@@ -458,91 +384,40 @@ def _write_files(plan: TransferPlan, mode: str, layout: Layout, config: ClusterC
         done_chunks += 1
         progress.advance("writing", len(outcome), len(items))
         _failpoint("transfers", done_chunks)
-    errors = sum(1 for v in outcome.values() if v.startswith("error"))
+    errors = [v for v in outcome.values() if v.startswith("error")]
+    for e in errors[:10]:
+        logger.warning("not transferred: %s", e[len("error: "):])
     progress.finish("writing", f"{len(items)} files {mode == 'move' and 'moved' or 'copied'}"
-                               f"{f', {errors} failed' if errors else ''}")
+                               f"{f', {len(errors)} failed (see the manifest)' if errors else ''}")
     return outcome
-
-
-def _write_tables(layout: Layout, results: Sequence[BatchResult], final: dict[int, np.ndarray] | None,
-                  location: dict[str, str], merge: MergeResult | None) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    st = layout.storage
-    cols: dict[str, list[Any]] = defaultdict(list)
-    for r in results:
-        is_rep = np.zeros(len(r.uris), bool)
-        is_rep[r.rep_index] = True
-        clusters = final[r.batch] if final is not None else None
-        for i, uri in enumerate(r.uris):
-            cols["uri"].append(str(uri))
-            cols["size"].append(int(r.sizes[i]))
-            cols["batch"].append(int(r.batch))
-            bl = int(r.labels[i])
-            cols["batch_cluster"].append(bl if bl >= 0 else None)
-            if clusters is not None:
-                c = int(clusters[i])
-                cols["cluster"].append(c if c >= 0 else None)
-            else:
-                cols["cluster"].append(None)
-            cols["is_representative"].append(bool(is_rep[i]))
-            cols["status"].append(str(r.status[i]) if bl != UNREADABLE else "unreadable")
-            cols["error"].append(str(r.error[i]) or None)
-            cols["location"].append(location.get(str(uri), str(uri)))
-    table = pa.table({
-        "uri": pa.array(cols["uri"], pa.string()), "size": pa.array(cols["size"], pa.int64()),
-        "batch": pa.array(cols["batch"], pa.int32()),
-        "batch_cluster": pa.array(cols["batch_cluster"], pa.int32()),
-        "cluster": pa.array(cols["cluster"], pa.int32()),
-        "is_representative": pa.array(cols["is_representative"], pa.bool_()),
-        "status": pa.array(cols["status"], pa.string()), "error": pa.array(cols["error"], pa.string()),
-        "location": pa.array(cols["location"], pa.string()),
-    })
-    buf = pa.BufferOutputStream()
-    pq.write_table(table, buf)
-    st.write_bytes(layout.path("manifest.parquet"), buf.getvalue().to_pybytes())
-    ea, eb, es, ep = [], [], [], []
-    for r in results:
-        ea.extend(r.uris[r.edge_a].astype(str))
-        eb.extend(r.uris[r.edge_b].astype(str))
-        es.extend(r.edge_sim.tolist())
-        ep.extend(["batch"] * len(r.edge_a))
-    if merge is not None:
-        ea.extend(merge.edge_uri_a.astype(str))
-        eb.extend(merge.edge_uri_b.astype(str))
-        es.extend(merge.edge_sim.tolist())
-        ep.extend(["merge"] * len(merge.edge_sim))
-    edges = pa.table({"a": pa.array(ea, pa.string()), "b": pa.array(eb, pa.string()),
-                      "similarity": pa.array(es, pa.float32()), "phase": pa.array(ep, pa.string())})
-    buf = pa.BufferOutputStream()
-    pq.write_table(edges, buf)
-    st.write_bytes(layout.path("edges.parquet"), buf.getvalue().to_pybytes())
 
 
 def _report(layout: Layout, summary: dict[str, Any], groups: dict[str, list[str]],
             unreadable: list[tuple[str, str]]) -> str:
+    """Write ``report.html`` (and its further pages); returns the first page's URI."""
     import ray
 
-    per_group = 8
-    max_groups = 100
-    titles = list(groups)[:max_groups]
-    wanted = [u for t in titles for u in groups[t][:per_group]]
+    pages = report_pages(groups)
+    wanted = [u for page in pages for title, n in page for u in groups[title][:n]]
     # A few tasks (one per CPU at most): each new worker process costs about a second.
     n_tasks = max(1, min(int(cluster_cpus()), -(-len(wanted) // 64)))
     chunks = [list(c) for c in np.array_split(np.asarray(wanted, dtype=object), n_tasks)]
     task = ray.remote(_thumbs_task).options(num_cpus=0.25)
     thumbs = iter([th for part in ray.get([task.remote(c, layout.storage) for c in chunks if c])
                    for th in part])
-    entries = []
-    for t in titles:
-        members = groups[t][:per_group]
-        names = [os.path.basename(u.replace("\\", "/")) for u in members]
-        entries.append((t, len(groups[t]), [(name, next(thumbs)) for name in names]))
-    html_text = render_report(summary, entries, unreadable)
-    uri = layout.path("report.html")
-    layout.storage.write_text(uri, html_text)
-    return uri
+    total = sum(1 for t in groups if not t.endswith("outliers"))
+    first = 1
+    for number, page in enumerate(pages, 1):
+        entries = []
+        for title, n in page:
+            names = [os.path.basename(u.replace("\\", "/")) for u in groups[title][:n]]
+            entries.append((title, len(groups[title]), [(name, next(thumbs)) for name in names]))
+        shown = sum(1 for title, _ in page if not title.endswith("outliers"))
+        layout.storage.write_text(layout.path(report_page_name(number)), render_report(
+            summary, entries, unreadable if number == 1 else [], page=number, pages=len(pages),
+            clusters=(first, first + shown - 1, total) if total > REPORT_PER_PAGE else None))
+        first += shown
+    return layout.path(report_page_name(1))
 
 
 def cluster(input_uri: str, output: str | None = None, config: ClusterConfig | None = None, *,
@@ -562,23 +437,36 @@ def cluster(input_uri: str, output: str | None = None, config: ClusterConfig | N
         The summary (also written to ``<output>/summary.json``).
 
     Raises:
-        IcasError: for input the user can fix (missing folder, bad options, existing output).
+        IcasError: for input the user can fix (missing folder, bad options, an output that is
+            not empty or is in use by another run).
     """
     config = config or ClusterConfig()
     storage = storage or Storage()
     progress = progress or NullProgress()
-    output = output or default_output(input_uri)
+    output = _normalise_output(output or default_output(input_uri))
     t_start = time.monotonic()
-    timings: dict[str, float] = {}
     if not storage.exists(input_uri) and config.option != "merge":
         storage.list_images(input_uri)  # raises the one-line error for a missing path/bucket
     _check_paths(input_uri, output, storage)
     layout = Layout(output, storage)
-    state = _prepare(input_uri, layout, config)
-    init_ray(resources)
+    journal = Journal(layout)
+    journal.check_output()
+    with RunLock(layout).held():
+        journal.clean_leftovers()
+        state = journal.prepare(input_uri, config)
+        init_ray(resources)
+        return _run(input_uri, journal, state, config, progress, t_start)
 
+
+def _run(input_uri: str, journal: Journal, state: RunState, config: ClusterConfig,
+         progress: Progress, t_start: float) -> dict[str, Any]:
+    import ray
+
+    layout, storage = journal.layout, journal.storage
+    timings: dict[str, float] = {}
     t = time.monotonic()
-    files, batches = _listing(input_uri, layout, config, state.resume, progress)
+    listing, batches = _listing(input_uri, journal, config, state.resume, progress)
+    files = listing.files
     timings["listing_s"] = time.monotonic() - t
     n_batches = int(batches.max()) + 1
     if state.threshold is None:
@@ -587,11 +475,9 @@ def cluster(input_uri: str, output: str | None = None, config: ClusterConfig | N
         state.threshold_source = "suggested"
         timings["threshold_s"] = time.monotonic() - t
     threshold = float(state.threshold)
-    _save_state(state, input_uri, config)
+    journal.save_state(state, input_uri, config)
     if state.resume and state.batches_done:
         logger.info("resuming: %d of %d batches already done", len(state.batches_done), n_batches)
-
-    import ray
 
     merger_cls = ray.remote(_MergeActor).options(num_cpus=0)
     method = config.feature_method()
@@ -599,14 +485,14 @@ def cluster(input_uri: str, output: str | None = None, config: ClusterConfig | N
     done_before = set(state.batches_done) & set(range(n_batches))
     pending = set(range(n_batches)) - done_before
     if config.option == "merge" and pending:
-        raise ConfigError(f"--option merge needs all {n_batches} batch results in {output!r}, "
+        raise ConfigError(f"--option merge needs all {n_batches} batch results in {layout.root!r}, "
                           f"{len(pending)} are missing: rerun with --option dontmerge first")
     t = time.monotonic()
-    add_refs = [merger.add.remote(r) for r in _load_checkpoints(layout, done_before)]
+    add_refs = [merger.add.remote(r) for r in journal.load_checkpoints(done_before)]
     computed, refs = _run_batches(files, batches, pending, config, threshold, layout, merger, progress)
     ray.get(add_refs + refs)
     timings["batches_s"] = time.monotonic() - t
-    results = _load_checkpoints(layout, set(range(n_batches)))
+    results = journal.load_checkpoints(set(range(n_batches)))
 
     merge: MergeResult | None = None
     final: dict[int, np.ndarray] | None = None
@@ -634,99 +520,60 @@ def cluster(input_uri: str, output: str | None = None, config: ClusterConfig | N
             folders.append(layout.cluster_folder(int(labels[i]),
                                                  None if final is not None else r.batch))
     # Where files are now: a previous dontmerge run with move put them in batch folders.
-    sources = _current_locations(layout, uris)
-    plan_uri = layout.work_path(f"plan_{config.option if config.option != 'merge' else 'all'}.parquet")
-    plan = _load_or_make_plan(layout, plan_uri, uris, folders, sources)
+    sources = journal.current_locations(uris)
+    plan_name = journal.plan_name(config.option)
+    plan = journal.load_or_make_plan(plan_name, uris, folders, sources)
     t = time.monotonic()
-    outcome = _write_files(plan, config.transfer, layout, config, progress)
+    outcome = _write_files(plan, config.transfer, journal, plan_name,
+                           layout.path("results" if final is not None else "batches"), config, progress)
     timings["writing_s"] = time.monotonic() - t
     location = {u: d for u, d in zip(uris, plan.dst.astype(str))
                 if not outcome.get(str(d), "").startswith("error")}
     failed = {u: outcome[str(d)] for u, d in zip(uris, plan.dst.astype(str))
               if outcome.get(str(d), "").startswith("error")}
 
-    counts = _counts(results, final, failed)
     n = len(files)
     summary: dict[str, Any] = {
-        "input": input_uri, "output": output, "threshold": threshold,
+        "input": input_uri, "output": layout.root, "threshold": threshold,
         "threshold_source": state.threshold_source,
         "parameters": {**config.to_dict(), "threshold": threshold},
-        "counts": counts,
-        "comparisons": {
-            "all_pairs": n * (n - 1) // 2,
-            "batch_comparisons": int(sum(r.comparisons for r in results)),
-            "batch_possible_pairs": int(sum(r.possible for r in results)),
-            "batches_complete": all(r.complete for r in results),
-            "merge_representatives": merge.representatives if merge else 0,
-            "merge_comparisons": merge.comparisons if merge else 0,
-            "merge_possible_pairs": merge.possible if merge else 0,
-            "merge_complete": merge.complete if merge else True,
-            "merge_compared": ("first member of each batch cluster"
-                               + (f" plus up to {config.representatives_per_cluster()} spread over large clusters"
-                                  if config.representatives_per_cluster() > 1 else "")
-                               + (", and every batch outlier" if config.merge_mode == "full" else
-                                  "; batch outliers were not compared (merge mode original)")
-                               + "; pairs from the same batch skipped") if merge else "no merge",
-        },
+        "counts": count_results(results, final, failed, len(listing.problems)),
+        "comparisons": _comparisons(n, results, merge, config),
         "batches": {"total": n_batches, "computed_now": computed, "resumed": len(done_before)},
         "timings": {**{k: round(v, 3) for k, v in timings.items()},
                     "total_s": round(time.monotonic() - t_start, 3)},
         "transfer_errors": failed,
+        "unlisted": dict(listing.problems),
     }
-    _write_tables(layout, results, final, location, merge)
+    write_tables(layout, results, final, location, merge, listing.problems)
     groups: dict[str, list[str]] = defaultdict(list)
     for u, folder in zip(uris, folders):
-        groups[os.path.relpath(folder, layout.root) if "://" not in folder
-               else folder[len(layout.root):].strip("/")].append(location.get(u, u))
+        groups[layout.relative(folder)].append(location.get(u, u))
     ordered = dict(sorted(groups.items(), key=lambda kv: (kv[0].endswith("outliers"), -len(kv[1]), kv[0])))
-    summary["report"] = _report(layout, summary, ordered, unreadable)
+    summary["report"] = _report(layout, summary, ordered, unreadable + listing.problems)
     summary["timings"]["total_s"] = round(time.monotonic() - t_start, 3)
     storage.write_text(layout.summary, json.dumps(summary, indent=1, default=str))
     return summary
 
 
-def _current_locations(layout: Layout, uris: list[str]) -> list[str]:
-    """Each file's current URI: its batch-folder copy if a dontmerge run moved it there."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    st = layout.storage
-    prev = layout.work_path("plan_dontmerge.parquet")
-    state = layout.work_path("state.json")
-    if not st.exists(prev) or json.loads(st.read_text(state)).get("transfer") != "move":
-        return uris
-    plan = TransferPlan.from_table(pq.read_table(pa.BufferReader(st.read_bytes(prev))))
-    moved = dict(zip(plan.src.astype(str), plan.dst.astype(str)))
-    return [moved.get(u, u) if not st.exists(u) else u for u in uris]
-
-
-def _load_or_make_plan(layout: Layout, uri: str, uris: list[str], folders: list[str],
-                       sources: list[str]) -> TransferPlan:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    st = layout.storage
-    if st.exists(uri):
-        return TransferPlan.from_table(pq.read_table(pa.BufferReader(st.read_bytes(uri))))
-    plan = plan_transfers(uris, folders, st, sources)
-    buf = pa.BufferOutputStream()
-    pq.write_table(plan.to_table(), buf)
-    st.write_bytes(uri, buf.getvalue().to_pybytes())
-    return plan
-
-
-def _counts(results: Sequence[BatchResult], final: dict[int, np.ndarray] | None,
-            failed: dict[str, str]) -> dict[str, int]:
-    labels = np.concatenate([(final[r.batch] if final is not None else r.labels) for r in results])
-    batch_ids = np.concatenate([np.full(len(r.labels), r.batch) for r in results])
-    readable = labels != UNREADABLE
-    if final is not None:
-        n_clusters = int(labels.max() + 1) if readable.any() and labels.max() >= 0 else 0
-    else:
-        n_clusters = len({(b, c) for b, c in zip(batch_ids[labels >= 0], labels[labels >= 0])})
+def _comparisons(n: int, results: Sequence[BatchResult], merge: MergeResult | None,
+                 config: ClusterConfig) -> dict[str, Any]:
+    """The summary's account of the comparisons made against all pairs."""
+    reps = config.representatives_per_cluster()
+    compared = ("no merge" if merge is None else
+                "first member of each batch cluster"
+                + (f" plus up to {reps} spread over large clusters" if reps > 1 else "")
+                + (", and every batch outlier" if config.merge_mode == "full" else
+                   "; batch outliers were not compared (merge mode original)")
+                + "; pairs from the same batch skipped")
     return {
-        "images": int(len(labels)), "readable": int(readable.sum()),
-        "unreadable": int((~readable).sum()), "clusters": n_clusters,
-        "clustered_images": int((labels >= 0).sum()), "outliers": int((labels == OUTLIER).sum()),
-        "transfer_errors": len(failed),
+        "all_pairs": n * (n - 1) // 2,
+        "batch_comparisons": int(sum(r.comparisons for r in results)),
+        "batch_possible_pairs": int(sum(r.possible for r in results)),
+        "batches_complete": all(r.complete for r in results),
+        "merge_representatives": merge.representatives if merge else 0,
+        "merge_comparisons": merge.comparisons if merge else 0,
+        "merge_possible_pairs": merge.possible if merge else 0,
+        "merge_complete": merge.complete if merge else True,
+        "merge_compared": compared,
     }
