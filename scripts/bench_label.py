@@ -29,7 +29,6 @@ import time
 from typing import Any
 
 import numpy as np
-
 from bench import BENCHMARKS, machine
 
 CHROMIUM = "/usr/bin/chromium"
@@ -256,11 +255,11 @@ def _markdown(r: dict[str, Any]) -> str:
     lines = [
         "# icas label: benchmark",
         "",
-        f"Machine: {m['cpu']}, {m['cpus']} CPUs, {m['memory_gib']} GiB, GPU: {m['gpu'] or 'none'}; "
-        f"Python {m['python']}; {r['when']}. Command: `scripts/bench.py label --clicks {a['clicks']} "
-        f"--images {a['images']}{' --no-sam' if a['no_sam'] else ''}`. Headless Chromium "
-        "(Debian's package, software rendering), the real page and server on 127.0.0.1; images "
-        f"{W}x{H}.",
+        (f"Machine: {m['cpu']}, {m['cpus']} CPUs, {m['memory_gib']} GiB, GPU: {m['gpu'] or 'none'}; "
+         f"Python {m['python']}; {r['when']}. Command: `scripts/bench.py label --clicks {a['clicks']} "
+         f"--images {a['images']}{' --no-sam' if a['no_sam'] else ''}`. Headless Chromium "
+         "(Debian's package, software rendering), the real page and server on 127.0.0.1; images "
+         f"{W}x{H}."),
         "",
         "| what | median (ms) | p95 (ms) | n | aim |",
         "| --- | ---: | ---: | ---: | --- |",
@@ -283,19 +282,21 @@ def _markdown(r: dict[str, Any]) -> str:
         "",
         "## Clicks per image: whole-cluster labelling against painting each image alone",
         "",
-        f"Near-duplicates data set ({c['data']['count']} images, {c['clusters']} clusters, "
-        f"seed {c['data']['seed']}), segments by {c['method']}; the first image of each cluster "
-        "is painted by hand, the others get its masks proposed "
-        "(`icas_ray.label.study.clicks_study`).",
+        (f"Near-duplicates data set ({c['data']['count']} images, {c['clusters']} clusters, "
+         f"seed {c['data']['seed']}), segments by {c['method']}; the first image of each cluster "
+         "is painted by hand, the others get its masks proposed "
+         "(`icas_ray.label.study.clicks_study`)."
+         + (f" Skipped clusters: {c['skipped_clusters']}." if c.get("skipped_clusters") else "")),
         "",
         "| | clicks per image |",
         "| --- | ---: |",
         f"| painting each image alone | {c['clicks_alone']:.1f} |",
         f"| with the cluster's proposal (fix what is wrong) | {c['clicks_with_proposal']:.1f} |",
-        f"| saving | {100 * c['saving']:.0f}% |",
+        f"| saving (all targets pooled) | {100 * c['saving']:.0f}% |",
+        f"| saving (median per image) | {100 * c.get('median_image_saving', c['saving']):.0f}% |",
         "",
-        f"Proposal IoU against the truth: mean {c['mean_iou']:.3f}, min {c['min_iou']:.3f}; "
-        f"alignment methods used: {c['methods']}.",
+        (f"Proposal IoU against the truth: mean {c['mean_iou']:.3f}, min {c['min_iou']:.3f}; "
+         f"alignment methods used: {c['methods']}."),
         "",
     ]
     return "\n".join(lines)

@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from test_label_client_support import (
     GREEN,
     RED,
@@ -30,9 +29,8 @@ pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
     from conftest import CHROMIUM, CHROMIUM_ARGS
+    from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
@@ -225,7 +223,9 @@ def test_a_reload_and_a_restart_resume_the_session(labelling) -> None:  # type: 
     lab.ui.click(*TR)                   # add to it and save again
     lab.ui.key(" ")
     assert np.array_equal(read_mask(mask_path(lab.out, "a", RED)), (Q == 1) | (Q == 2))
-    session = json.load(open(os.path.join(lab.out, ".icas_label", "session.json")))
+    lab.server.state.session.flush()    # the position is written in the background
+    with open(os.path.join(lab.out, ".icas_label", "session.json")) as f:
+        session = json.load(f)
     assert sorted(session["done"]) == ["a.png"] and session["current"] == "b.png"
 
 
@@ -249,8 +249,9 @@ def test_quit_asks_before_dropping_unsaved_paint_and_stops_the_server(labelling)
 
 def _plant_template(folder: str, tmp: str) -> dict[str, Any]:
     """A 12x12 pattern planted in c.png at (70, 55); its template and segment folders."""
-    from icas_ray.client import TemplateDirs
     from test_label_client_support import quadrant_image
+
+    from icas_ray.client import TemplateDirs
 
     rng = np.random.default_rng(5)
     pattern = rng.integers(40, 255, (12, 12, 3)).astype(np.uint8)

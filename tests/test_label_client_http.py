@@ -8,6 +8,7 @@ import gzip
 import http.client
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -17,7 +18,6 @@ from typing import Any
 import numpy as np
 import pytest
 import requests
-
 from test_label_client_support import H, W, make_scenes, mask_path, quadrant_labels, read_mask
 
 POST = {"X-Icas-Client": "1"}
@@ -30,7 +30,7 @@ def server(tmp_path: Any) -> Iterator[Any]:
     folder, pre = make_scenes(str(tmp_path), ["a.png", "b.png"])
     outside = tmp_path / "outside"
     outside.mkdir()
-    (outside / "secret.png").write_bytes(open(os.path.join(folder, "a.png"), "rb").read())
+    shutil.copyfile(os.path.join(folder, "a.png"), outside / "secret.png")
     running = start_server(LabelConfig(folder, presegmented=pre, port=0, max_body=64 * 1024))
     running.folder = folder
     running.outside = str(outside)
@@ -115,7 +115,8 @@ def test_save_over_http_writes_masks_and_checks_the_payload(server) -> None:  # 
     out = server.folder + "_segmented"
     assert sorted(os.listdir(out)) == [".icas_label", "a_mask_(R:10,G:20,B:30).png"]
     assert np.array_equal(read_mask(mask_path(out, "a", (10, 20, 30))), quadrant_labels() == 2)
-    session = json.load(open(os.path.join(out, ".icas_label", "session.json")))
+    with open(os.path.join(out, ".icas_label", "session.json")) as f:
+        session = json.load(f)
     assert list(session["done"]) == ["a.png"]
     # The wrong size, an index past the palette: one-line 422s, nothing written.
     bad = _paint_payload(np.zeros((H, W + 1), np.uint16), [])
@@ -260,7 +261,7 @@ def test_label_export_writes_coco_that_pycocotools_decodes_to_the_masks(tmp_path
     assert code == 0, err
     summary = json.loads(stdout)
     assert summary["output"] == str(target) and sorted(summary["categories"]) == ["plane", "sky"]
-    coco = json.load(open(target))
+    coco = json.loads(target.read_text())
     names = {c["id"]: c["name"] for c in coco["categories"]}
     got = {}
     for a in coco["annotations"]:
@@ -277,9 +278,9 @@ def test_label_export_writes_coco_that_pycocotools_decodes_to_the_masks(tmp_path
 @pytest.mark.s3
 def test_an_s3_folder_is_labelled_into_s3(s3_server, s3_bucket) -> None:  # type: ignore[no-untyped-def]
     import cv2
+    from test_label_client_support import quadrant_image
 
     from icas_ray.client import LabelConfig, start_server
-    from test_label_client_support import quadrant_image
 
     storage = s3_server.storage()
     folder = f"s3://{s3_bucket}/photos"
@@ -308,8 +309,6 @@ def test_an_s3_folder_is_labelled_into_s3(s3_server, s3_bucket) -> None:  # type
 
 
 def test_icas_segment_results_in_the_output_are_found_without_presegmented(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    import shutil
-
     from icas_ray.client import LabelConfig, start_server
     from icas_ray.client._codec import unpack_png
 

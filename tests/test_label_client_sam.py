@@ -6,11 +6,9 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
 import pytest
-
 from test_label_client_support import PageDriver, make_scenes, mask_path, read_mask
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(400)]
@@ -46,9 +44,9 @@ def sam_url(ray_session, tmp_path_factory) -> Iterator[str]:  # type: ignore[no-
 
 
 def test_sam_prompts_predict_finish_and_paint_a_mask(sam_url, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from conftest import CHROMIUM, CHROMIUM_ARGS
     from playwright.sync_api import sync_playwright
 
-    from conftest import CHROMIUM, CHROMIUM_ARGS
     from icas_ray.client import LabelConfig, start_server
 
     folder, _ = make_scenes(str(tmp_path), ["a.png", "b.png"], preseg=False)

@@ -23,7 +23,7 @@ from icas_ray.segment import Painter, Template
 from icas_ray.segment._labels import partition_labels
 from icas_ray.storage import Storage
 
-__all__ = ["grabcut", "load_templates", "paint_templates", "sam_predict", "sam_automatic"]
+__all__ = ["grabcut", "load_templates", "paint_templates", "sam_automatic", "sam_predict"]
 
 logger = logging.getLogger(__name__)
 
