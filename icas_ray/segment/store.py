@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from icas_ray.images import resize
+from icas_ray.paths import join_inside, safe_relpath
 from icas_ray.segment.render import overlay_boundaries
 from icas_ray.storage import Storage
 
@@ -98,15 +99,18 @@ def default_output(input_uri: str) -> str:
 
 
 def _rel(root: str, uri: str) -> str:
+    """``uri``'s path below ``root`` as :func:`icas_ray.paths.safe_relpath` makes it: ``/``
+    separated, no ``..`` (``%2E%2E`` instead), never empty; a URI outside ``root`` (or the
+    root itself, a single image) keeps its file name only."""
     r = root.rstrip("/\\").replace("\\", "/")
     u = uri.replace("\\", "/")
     if r.startswith("file://") != u.startswith("file://"):
         r, u = r.removeprefix("file://"), u.removeprefix("file://")
-    if u == r:
-        return posixpath.basename(u)
-    if u.startswith(r + "/"):
-        return u[len(r) + 1:]
-    return posixpath.basename(u)
+    if u.startswith(r + "/") and u != r:
+        rel = u[len(r) + 1:]
+    else:
+        rel = posixpath.basename(u.rstrip("/")) or u
+    return safe_relpath(rel)
 
 
 @dataclass(frozen=True)
@@ -125,29 +129,36 @@ class PresegLayout:
 
     @property
     def folder(self) -> str:
-        return self.output.rstrip("/") + "/" + self.method
+        return join_inside(self.output.rstrip("/") or self.output, self.method)
 
     def relative(self, uri: str) -> str:
-        """The image's path relative to the input (``sub/a.jpg``)."""
+        """The image's sanitised path relative to the input (``sub/a.jpg``; ``..`` parts of a
+        hostile name become ``%2E%2E``, backslashes separate): the key of a stored result."""
         return _rel(self.input, uri)
 
     def labels_uri(self, uri: str, suffix: str = LABELS_PNG) -> str:
-        return f"{self.folder}/{self.relative(uri)}{suffix}"
+        """Where the label map of image ``uri`` is stored (checked to lie inside ``folder``).
+
+        Raises:
+            StorageError: the path would lead outside the output (a symlink in it).
+        """
+        return join_inside(self.folder, self.relative(uri) + suffix)
 
     def preview_uri(self, uri: str) -> str:
-        return f"{self.folder}/{self.relative(uri)}{PREVIEW}"
+        """Where the preview of image ``uri`` is stored; as :meth:`labels_uri`."""
+        return join_inside(self.folder, self.relative(uri) + PREVIEW)
 
     @property
     def params_uri(self) -> str:
-        return f"{self.folder}/params.json"
+        return join_inside(self.folder, "params.json")
 
     @property
     def manifest_uri(self) -> str:
-        return f"{self.folder}/manifest.jsonl"
+        return join_inside(self.folder, "manifest.jsonl")
 
     @property
     def summary_uri(self) -> str:
-        return f"{self.folder}/summary.json"
+        return join_inside(self.folder, "summary.json")
 
     def done(self, storage: Storage) -> set[str]:
         """Relative paths of images whose label map is stored (labels are written last)."""
