@@ -133,7 +133,8 @@ class SamClient:
         return str(out["id"])
 
     def register_uri(self, uri: str) -> str:
-        """Have the server read the image from ``uri`` (a path it sees, or s3://)."""
+        """Have the server read the image from ``uri`` (a path it sees, or s3://): only under a
+        root its operator allowed with ``--allow-uri`` (else :class:`SamServiceError` 403)."""
         out = self._request("POST", "/images", json={"uri": uri}, timeout=self.encode_timeout)
         return str(out["id"])
 
