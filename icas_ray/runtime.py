@@ -37,8 +37,9 @@ class ResourceConfig:
     """Where and how big the Ray runtime is.
 
     Args:
-        address: None starts an embedded local Ray; ``auto`` or ``ray://host:10001`` joins a
-            running cluster.
+        address: None starts a new embedded local Ray (never joins one already running);
+            ``auto`` or ``HOST:PORT`` joins a running cluster. Ray Client addresses
+            (``ray://``) are refused: Ray Data does not run through them.
         num_cpus: CPUs of the embedded Ray (None = all of the machine's).
         num_gpus: GPUs of the embedded Ray (None = detected).
         dashboard: start Ray's dashboard with the embedded Ray (on 127.0.0.1:8265).
@@ -50,6 +51,15 @@ class ResourceConfig:
     dashboard: bool = False
 
     def __post_init__(self) -> None:
+        if self.address is not None and self.address.startswith("ray://"):
+            raise ConfigError(
+                f"--address {self.address} is a Ray Client address, which Ray Data cannot run "
+                "through: submit the job to the cluster with `ray job submit --working-dir . -- "
+                "python jobs/cluster.py ...` (see README, Scaling out), or run on a cluster node "
+                "with --address auto")
+        if self.address is not None and (self.num_cpus is not None or self.num_gpus is not None):
+            raise ConfigError("--num-cpus/--num-gpus size an embedded local Ray: drop them when "
+                              "joining a cluster with --address (its nodes bring their own)")
         if self.num_cpus is not None and self.num_cpus < 1:
             raise ConfigError(f"num_cpus {self.num_cpus} is invalid: expected >= 1")
         if self.num_gpus is not None and self.num_gpus < 0:
@@ -79,6 +89,9 @@ def init_ray(resources: ResourceConfig | None = None) -> bool:
     kwargs: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": True}
     if resources.address is None:
         kwargs.update(
+            # "local": always a new Ray; without an address Ray would join any cluster recorded in
+            # Ray's temp dir (a `ray start --head` on this machine) and then refuse num_cpus.
+            address="local",
             num_cpus=resources.num_cpus,
             num_gpus=resources.num_gpus,
             include_dashboard=resources.dashboard,

@@ -135,3 +135,15 @@ def test_ray_data_reads_s3(ray_session, s3_server, s3_bucket, digits_dir):  # ty
     for r in rows:
         with open(os.path.join(digits_dir, os.path.basename(r["uri"])), "rb") as f:
             assert f.read() == r["bytes"]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"address": "ray://head:10001"}, "is a Ray Client address, which Ray Data cannot run through"),
+    ({"address": "auto", "num_cpus": 2}, "--num-cpus/--num-gpus size an embedded local Ray"),
+], ids=["ray-client", "num-cpus-with-address"])
+def test_resource_config_mistakes_are_one_line(kwargs, message):  # type: ignore[no-untyped-def]
+    from icas_ray.errors import ConfigError
+    from icas_ray.runtime import ResourceConfig
+
+    with pytest.raises(ConfigError, match=message):
+        ResourceConfig(**kwargs)

@@ -56,8 +56,9 @@ def ray_options(f: F) -> F:
     f = click.option("--num-cpus", type=click.IntRange(min=1), default=None,
                      help="CPUs of the embedded local Ray (default: all).")(f)
     f = click.option("--address", default=None, metavar="ADDR",
-                     help="Ray cluster to use: 'auto' or ray://HOST:10001 "
-                          "(default: start an embedded local Ray on 127.0.0.1).")(f)
+                     help="Ray cluster to join: 'auto' (the cluster this machine is part of) or "
+                          "HOST:6379 (default: start a new embedded local Ray on 127.0.0.1). "
+                          "From a laptop, submit with `ray job submit` instead.")(f)
     return f
 
 
