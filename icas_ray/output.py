@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from icas_ray.clustering import OUTLIER, UNREADABLE, BatchResult, MergeResult
+from icas_ray.paths import join_inside
 from icas_ray.storage import Storage
 
 __all__ = ["Layout", "TransferPlan", "count_results", "plan_transfers", "render_report",
@@ -103,7 +104,9 @@ class TransferPlan:
 
 
 def _basename(uri: str) -> str:
-    return posixpath.basename(uri.replace("\\", "/"))
+    """The file name of ``uri`` (``/`` and ``\\`` both separate; ``..`` is no name)."""
+    name = posixpath.basename(uri.replace("\\", "/"))
+    return name if name not in ("", ".", "..") else "%2E%2E"
 
 
 def plan_transfers(uris: Sequence[str], folders: Sequence[str], storage: Storage,
@@ -132,7 +135,7 @@ def plan_transfers(uris: Sequence[str], folders: Sequence[str], storage: Storage
             k += 1
             candidate = f"{stem}_{k}{ext}"
         taken.add(candidate.lower())
-        dst[i] = storage.join(folders[i], candidate)
+        dst[i] = join_inside(folders[i], candidate)  # a name cannot lead out of its folder
     src = np.asarray(list(sources if sources is not None else uris), dtype=object)
     return TransferPlan(src=src, dst=dst)
 

@@ -392,3 +392,25 @@ def test_report_pages_every_cluster_and_shows_outliers_and_unreadable(tmp_path):
     assert "unreadable: 1 files" in first and "empty.png" in first
     titles = {f"results/cluster_{k}:" for k in range(pairs)}
     assert all(t in first + second for t in titles)
+
+
+# ---------------------------------------------------------------------------------------------
+# Item 8 (cluster's part): every destination is derived from a sanitised name, inside its folder
+
+
+def test_cluster_destinations_stay_inside_their_folder(tmp_path):
+    from icas_ray.output import Layout, plan_transfers
+    from icas_ray.paths import is_inside
+    from icas_ray.storage import Storage
+
+    st = Storage()
+    local = Layout(str(tmp_path / "out"), st)
+    remote = Layout("s3://bucket/out", st)
+    uris = ["/in/x\\..\\..\\..\\ESCAPED.png", "/in/a/../../b.png", "/in/..", "/in/ok.png"]
+    s3_uris = ["s3://bucket/in/x/../../ESCAPED.png", "s3://bucket/in/..", "s3://bucket/in/k.png"]
+    for layout, batch in ((local, uris), (remote, s3_uris)):
+        folders = [layout.cluster_folder(0)] * len(batch)
+        plan = plan_transfers(batch, folders, st)
+        for dst, folder in zip(plan.dst, folders):
+            assert is_inside(folder, dst) and dst != folder, dst
+        assert len(set(plan.dst)) == len(batch)
