@@ -3,8 +3,15 @@
 Listing -> read bytes (Ray tasks) -> decode, segment and store (a pool of actors) -> rows
 with a status per image -> ``manifest.jsonl`` and ``summary.json``. Images whose label map is
 already stored are skipped, so a rerun finishes an interrupted job; files that cannot be read,
-decoded or segmented become ``status="error"`` rows with a reason, never a failed job.
-See :mod:`icas_ray.segment.store` for the output layout.
+decoded or segmented (below the method's minimum size, say) become ``status="error"`` rows
+with a reason, never a failed job.
+
+A worker process that dies (a crash inside OpenCV kills it: no exception to catch) is
+restarted and its block tried ``max_retries`` more times, then the block is dropped instead of
+failing the job (Ray's default retries a crashed actor's task forever: the job would hang).
+The images of dropped blocks are tried once more one per block, so that only the image that
+kills the worker ends up as an error row. See :mod:`icas_ray.segment.store` for the output
+layout.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +30,7 @@ import numpy as np
 from icas_ray.errors import ConfigError, IcasError, InputError
 from icas_ray.images import ReadConfig
 from icas_ray.pipeline.read import (
+    MAX_ROWS_PER_BLOCK,
     STATUS_ERROR,
     STATUS_OK,
     DecodeImages,
@@ -31,7 +40,15 @@ from icas_ray.pipeline.read import (
 from icas_ray.progress import NullProgress, Progress
 from icas_ray.runtime import ResourceConfig, cluster_cpus, init_ray
 from icas_ray.segment import SegmentMethod, get_method
-from icas_ray.segment.store import PresegLayout, default_output, encode_labels, encode_preview
+from icas_ray.segment.store import (
+    LABELS_NPZ,
+    LABELS_PNG,
+    PresegLayout,
+    decode_labels,
+    default_output,
+    encode_labels,
+    encode_preview,
+)
 from icas_ray.storage import FileInfo, Storage
 
 __all__ = [
@@ -70,6 +87,7 @@ class PresegmentConfig:
         actors: segmentation actors; None = one per CPU of the cluster.
         cpus_per_actor: CPUs reserved per actor; fractional so that read tasks still fit on
             a small machine (a full CPU per actor deadlocks Ray Data on 2 CPUs).
+        max_retries: times a block is tried again after its worker process died.
     """
 
     input: str
@@ -81,8 +99,11 @@ class PresegmentConfig:
     preview_side: int = 256
     actors: int | None = None
     cpus_per_actor: float = 0.5
+    max_retries: int = 1
 
     def __post_init__(self) -> None:
+        if not 0 <= self.max_retries <= 10:
+            raise ConfigError(f"max_retries={self.max_retries} is invalid: expected 0 to 10")
         if self.actors is not None and self.actors < 1:
             raise ConfigError(f"actors={self.actors} is invalid: expected >= 1")
         if not 0 < self.cpus_per_actor <= 64:
@@ -211,16 +232,60 @@ def plan_presegment(config: PresegmentConfig, storage: Storage) -> PresegmentPla
     return PresegmentPlan(method, params, layout, record, files, done, todo)
 
 
+def _segment_dataset(files: list[FileInfo], segmenter: type, kwargs: dict[str, Any], *,
+                     workers: int, rows_per_block: int | None, retries: int,
+                     cpus_per_actor: float, storage: Storage) -> Any:
+    """The Ray Data pipeline over ``files``: read tasks, then a pool of ``segmenter`` actors.
+
+    A crashed actor is restarted (``max_restarts=-1``: the pool must not run out of actors)
+    but each task is retried only ``retries`` times; a block that still fails is dropped
+    (``max_errored_blocks=-1`` on this dataset's own context) and its rows are missing.
+    """
+    import ray
+
+    ds = listing_dataset(files, workers=workers, min_rows=1,
+                         max_rows=rows_per_block or MAX_ROWS_PER_BLOCK).map_batches(
+        read_bytes_batch, fn_kwargs={"storage": storage}, batch_format="numpy",
+        batch_size=4, num_cpus=0.25,
+    )
+    with warnings.catch_warnings():
+        # Ray 2.60 has no named parameter for an actor pool's retries: the remote args it
+        # deprecates are still the only way (Ray's own docs use map_batches(max_restarts=0)).
+        warnings.filterwarnings("ignore", message=".*ray_remote_args. is deprecated")
+        ds = ds.map_batches(
+            segmenter, fn_constructor_kwargs=kwargs,
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers),
+            num_cpus=cpus_per_actor, batch_size=1, batch_format="numpy",
+            max_restarts=-1, max_task_retries=retries,
+        )
+    ds.context.max_errored_blocks = -1
+    return ds
+
+
+def _stored_row(storage: Storage, layout: PresegLayout, uri: str) -> dict[str, Any] | None:
+    """The manifest row of an image whose label map was stored by a block that was dropped
+    later (its worker died on another image), or None."""
+    for suffix in (LABELS_PNG, LABELS_NPZ):
+        labels_uri = layout.labels_uri(uri, suffix)
+        if storage.exists(labels_uri):
+            labels = decode_labels(storage.read_bytes(labels_uri))
+            return {"uri": uri, "status": STATUS_OK, "error": "",
+                    "segments": len(np.unique(labels[labels > 0])), "labels_uri": labels_uri}
+    return None
+
+
 def presegment(config: PresegmentConfig, *, storage: Storage | None = None,
                resources: ResourceConfig | None = None, progress: Progress | None = None,
-               ) -> PresegmentSummary:
+               segmenter: type = SegmentImages) -> PresegmentSummary:
     """Pre-segment every image under ``config.input``; see the module docstring.
+
+    Args:
+        segmenter: the Ray Data actor class that segments a batch (:class:`SegmentImages`
+            or a subclass), built with its keyword arguments.
 
     Raises:
         ConfigError, InputError: as :func:`plan_presegment`, before any Ray work starts.
     """
-    import ray
-
     storage = storage or Storage()
     t0 = time.perf_counter()
     plan = plan_presegment(config, storage)
@@ -233,35 +298,55 @@ def presegment(config: PresegmentConfig, *, storage: Storage | None = None,
                 summary.skipped)
     manifest = [{"uri": f.uri, "status": STATUS_SKIPPED, "error": "", "segments": None,
                  "labels_uri": None} for f in files if layout.relative(f.uri) in done]
+    seen: set[str] = set()
+    progress = progress or NullProgress()
+
+    def record(row: dict[str, Any]) -> None:
+        uri = str(row["uri"])
+        if uri in seen:  # a retried block may deliver a row twice
+            return
+        seen.add(uri)
+        ok = row["status"] == STATUS_OK
+        summary.segmented += int(ok)
+        if not ok:
+            summary.failed += 1
+            summary.errors.append({"uri": uri, "error": str(row["error"])})
+        manifest.append({"uri": uri, "status": str(row["status"]), "error": str(row["error"]),
+                         "segments": int(row["segments"]) if ok else None,
+                         "labels_uri": str(row["labels_uri"]) if ok else None})
+        progress.advance("segment", len(seen), len(todo))
+
     if todo:
         init_ray(resources)
         size = config.actors or max(1, min(len(todo), int(cluster_cpus())))
-        ds = listing_dataset(todo, workers=size, min_rows=1).map_batches(
-            read_bytes_batch, fn_kwargs={"storage": storage}, batch_format="numpy",
-            batch_size=4, num_cpus=0.25,
-        ).map_batches(
-            SegmentImages,
-            fn_constructor_kwargs={"method": method.name, "params": params, "layout": layout,
-                                   "storage": storage, "read": config.read,
-                                   "preview_side": config.preview_side},
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=size),
-            num_cpus=config.cpus_per_actor, batch_size=1, batch_format="numpy",
-        )
-        progress = progress or NullProgress()
+        kwargs = {"method": method.name, "params": params, "layout": layout, "storage": storage,
+                  "read": config.read, "preview_side": config.preview_side}
         progress.start("segment", len(todo))
-        count = 0
-        for row in ds.iter_rows():
-            count += 1
-            ok = row["status"] == STATUS_OK
-            summary.segmented += int(ok)
-            if not ok:
-                summary.failed += 1
-                summary.errors.append({"uri": str(row["uri"]), "error": str(row["error"])})
-            manifest.append({"uri": str(row["uri"]), "status": str(row["status"]),
-                             "error": str(row["error"]),
-                             "segments": int(row["segments"]) if ok else None,
-                             "labels_uri": str(row["labels_uri"]) if ok else None})
-            progress.advance("segment", count, len(todo))
+        run = {"workers": size, "cpus_per_actor": config.cpus_per_actor, "storage": storage}
+        for row in _segment_dataset(todo, segmenter, kwargs, rows_per_block=None,
+                                    retries=config.max_retries, **run).iter_rows():
+            record(row)
+        lost = [f for f in todo if f.uri not in seen]
+        if lost:
+            logger.warning("%d image(s) were in blocks whose worker died: trying them one at "
+                           "a time", len(lost))
+            for f in lost:
+                stored = _stored_row(storage, layout, f.uri)
+                if stored is not None:
+                    record(stored)
+            lost = [f for f in lost if f.uri not in seen]
+        if lost:
+            for row in _segment_dataset(lost, segmenter, kwargs, rows_per_block=1, retries=0,
+                                        **run).iter_rows():
+                record(row)
+            tries = config.max_retries + 2
+            for f in lost:
+                if f.uri not in seen:
+                    record({"uri": f.uri, "status": STATUS_ERROR, "segments": 0,
+                            "labels_uri": "",
+                            "error": f"the worker process died on this image ({tries} tries): "
+                                     f"a crash in {method.name}'s library code or out of "
+                                     "memory; try other parameters or another method"})
         progress.finish("segment", f"{summary.segmented} segmented, {summary.failed} failed")
     summary.seconds = round(time.perf_counter() - t0, 3)
     manifest.sort(key=lambda r: r["uri"])

@@ -1,8 +1,11 @@
 """The registry of segmentation methods and the checks every method shares.
 
 A method is a pure function ``(image, params) -> label map`` registered under a name with its
-frozen ``Params`` dataclass. :func:`segment` validates the image, builds the parameters (from
-defaults, a Params object or keyword overrides), runs the method and checks its output.
+frozen ``Params`` dataclass and, when small images break it, a ``min_size(params) -> MinSize``
+rule. :func:`segment` validates the image (type, then size: an image below the method's
+minimum raises :class:`ImageTooSmallError` before any OpenCV call, since some of OpenCV's
+calls crash the process on such images), builds the parameters (from defaults, a Params object
+or keyword overrides), runs the method and checks its output.
 
 Label maps are ``(H, W) int32``: segments numbered from 1, 0 = edge/cut.
 """
@@ -23,7 +26,8 @@ import numpy as np
 
 from icas_ray.errors import ConfigError, InputError
 
-__all__ = ["SegmentMethod", "check_image", "get_method", "method_names", "register", "segment"]
+__all__ = ["ImageTooSmallError", "MinSize", "SegmentMethod", "check_image", "get_method",
+           "method_names", "register", "segment"]
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +102,43 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
+class ImageTooSmallError(InputError):
+    """An image smaller than a method accepts with the given parameters (one per image: in
+    ``icas segment`` it becomes that image's error row)."""
+
+
+@dataclass(frozen=True)
+class MinSize:
+    """The smallest image a method accepts with some parameters.
+
+    Attributes:
+        side: both height and width must be at least this many pixels.
+        pixels: ``H * W`` must be at least this.
+        because: the parameters that set the limit, e.g. ``"region_size=40, algorithm mslic"``.
+        fix: what lets a smaller image through, e.g. ``"a smaller region_size"``.
+    """
+
+    side: int = 1
+    pixels: int = 1
+    because: str = ""
+    fix: str = ""
+
+    def check(self, shape: tuple[int, ...], method: str) -> None:
+        """Raise :class:`ImageTooSmallError` if an ``(H, W[, C])`` image is below the limit."""
+        h, w = int(shape[0]), int(shape[1])
+        if min(h, w) >= self.side and h * w >= self.pixels:
+            return
+        needs = []
+        if self.side > 1:
+            needs.append(f"both sides >= {self.side} px")
+        if self.pixels > 1:
+            needs.append(f">= {self.pixels} pixels")
+        why = f" with {self.because}" if self.because else ""
+        fix = f"use {self.fix} or another method" if self.fix else "use another method"
+        raise ImageTooSmallError(f"image of {w}x{h} px is too small for {method}{why}: it needs "
+                                 f"{' and '.join(needs)}; {fix}")
+
+
 @dataclass(frozen=True)
 class SegmentMethod:
     """A registered method: its function, its Params type and how to call it.
@@ -109,6 +150,8 @@ class SegmentMethod:
         aliases: other accepted names (``chanvase``).
         summary: one line for help texts.
         needs_backend: the method needs a SAM backend (``sam``).
+        min_size: ``min_size(params) -> MinSize``, the smallest image the method takes with
+            those parameters; None = any image of at least 1x1.
     """
 
     name: str
@@ -117,6 +160,12 @@ class SegmentMethod:
     aliases: tuple[str, ...] = ()
     summary: str = ""
     needs_backend: bool = False
+    min_size: Callable[[Any], MinSize] | None = None
+
+    def minimum(self, params: Any = None) -> MinSize:
+        """The :class:`MinSize` of the method with ``params`` (None = the defaults)."""
+        p = self.make_params(params)
+        return self.min_size(p) if self.min_size is not None else MinSize()
 
     def param_names(self) -> list[str]:
         return sorted(f.name for f in dataclasses.fields(self.params_type))
@@ -169,13 +218,19 @@ class SegmentMethod:
         """Segment ``image``; see :func:`segment`."""
         rgb = check_image(image)
         p = self.make_params(params, **overrides)
+        if self.min_size is not None:
+            self.min_size(p).check(rgb.shape, self.name)
         labels = self.func(rgb, p)
         return _check_labels(labels, rgb.shape[:2], self.name)
 
 
 def register(name: str, params: type, *, aliases: tuple[str, ...] = (), summary: str = "",
-             needs_backend: bool = False) -> Callable[[F], F]:
+             needs_backend: bool = False,
+             min_size: Callable[[Any], MinSize] | None = None) -> Callable[[F], F]:
     """Decorator: register a method function under ``name`` (and ``aliases``).
+
+    ``min_size(params)`` gives the smallest image the method accepts (see :class:`MinSize`);
+    images below it are refused before ``func`` runs.
 
     Raises:
         ValueError: the name or an alias is already registered (a programming error).
@@ -190,7 +245,7 @@ def register(name: str, params: type, *, aliases: tuple[str, ...] = (), summary:
             raise TypeError(f"Params of method {name!r} must be a dataclass")
         method = SegmentMethod(name=name, func=func, params_type=params, aliases=aliases,
                                summary=summary or (func.__doc__ or "").strip().splitlines()[0],
-                               needs_backend=needs_backend)
+                               needs_backend=needs_backend, min_size=min_size)
         _REGISTRY[name] = method
         for key in keys:
             _ALIASES[key] = name
@@ -231,6 +286,7 @@ def segment(image: np.ndarray, method: str, params: Any = None, **overrides: Any
 
     Raises:
         ConfigError: unknown method or bad parameters. InputError: not an image array.
+        ImageTooSmallError: the image is below the method's minimum size (an InputError).
 
     Example:
         >>> import numpy as np

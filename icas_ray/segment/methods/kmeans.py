@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from icas_ray.segment._registry import register
+from icas_ray.segment._registry import MinSize, register
 from icas_ray.segment.methods._common import require
 
 __all__ = ["KmeansParams", "kmeans", "pixel_features"]
@@ -59,9 +59,15 @@ def pixel_features(image: np.ndarray, color_importance: float) -> np.ndarray:
     return data.reshape(h * w, -1).astype(np.float32)
 
 
-@register("kmeans", KmeansParams, summary="k-means on colour and position (OpenCV)")
+def _min_size(p: KmeansParams) -> MinSize:
+    # k clusters need k pixels; OpenCV's kmeans raises on fewer samples than clusters.
+    return MinSize(pixels=p.k, because=f"k={p.k}", fix="a smaller k (-p k=N)")
+
+
+@register("kmeans", KmeansParams, summary="k-means on colour and position (OpenCV)",
+          min_size=_min_size)
 def kmeans(image: np.ndarray, params: KmeansParams) -> np.ndarray:
-    """Cluster pixels by colour and position.
+    """Cluster pixels by colour and position; the image needs at least ``k`` pixels.
 
     Returns:
         ``(H, W) int32`` cluster labels from 1 to ``k`` (no 0); a cluster may be split in space.
@@ -69,6 +75,8 @@ def kmeans(image: np.ndarray, params: KmeansParams) -> np.ndarray:
     h, w = image.shape[:2]
     features = pixel_features(image, params.color_importance)
     k = min(params.k, len(features))
+    if k == 1:  # one cluster; OpenCV would read a single pixel's row as a column of samples
+        return np.ones((h, w), np.int32)
     if params.seed is not None:
         cv2.setRNGSeed(params.seed)
     criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, params.max_iter, params.epsilon)
