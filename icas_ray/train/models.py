@@ -4,6 +4,8 @@ Every model maps ``(N, 3, S, S) float32`` images in [0, 1] to a reconstruction o
 shape and range (``forward``) and to ``(N, D) float32`` features (``embed``), where ``S`` is
 the model's input size (the data pipeline resizes every image to it) and ``D`` its
 ``embed_dim``. Sizes are parameters, so tests build tiny models through the same code path.
+The registry imports torch only when a model is built (``icas --help`` stays light); the
+layers are in :mod:`icas_ray.train._conv`.
 
 ==========  ==========================================  ================================
 name        input size S                                shapes (defaults)
@@ -38,17 +40,18 @@ import logging
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from icas_ray.errors import ConfigError
 from icas_ray.params import coerce
 
+if TYPE_CHECKING:
+    from torch import nn
+
+    from icas_ray.train._conv import ConvAutoencoder
+
 __all__ = [
     "REGISTRY",
-    "ConvAutoencoder",
     "ModelSpec",
     "build_model",
     "check_image_size",
@@ -60,7 +63,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-B = TypeVar("B", bound=Callable[..., nn.Module])
+B = TypeVar("B", bound=Callable[..., "nn.Module"])
 
 #: Attribute set on every built model: what a checkpoint needs to build it again.
 SPEC_ATTR = "icas_spec"
@@ -79,7 +82,7 @@ class ModelSpec:
     """
 
     name: str
-    build: Callable[[int, Any], nn.Module]
+    build: Callable[[int, Any], "nn.Module"]
     Params: type
     sizes: str
     accepts: Callable[[int], bool]
@@ -121,70 +124,6 @@ def _power_of_two(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
 
 
-class ConvAutoencoder(nn.Module):
-    """An encoder and a decoder composed: ``embed = encoder``, ``forward = decoder(encoder)``.
-
-    Args:
-        encoder: ``(N, 3, S, S) float32`` in [0, 1] -> ``(N, D) float32``.
-        decoder: ``(N, D)`` -> ``(N, 3, S, S) float32`` in [0, 1].
-        image_size: ``S``.
-    """
-
-    def __init__(self, encoder: nn.Module, decoder: nn.Module, image_size: int) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.decoder = decoder
-        self.image_size = image_size
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, 3, S, S)`` in [0, 1] -> reconstruction, same shape, in [0, 1]."""
-        out: torch.Tensor = self.decoder(self.encoder(x))
-        return out
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, 3, S, S)`` in [0, 1] -> ``(N, D) float32`` features."""
-        out: torch.Tensor = self.encoder(x)
-        return out
-
-
-def _down(c_in: int, c_out: int, kernel: int = 3) -> list[nn.Module]:
-    return [nn.Conv2d(c_in, c_out, kernel, stride=2, padding=kernel // 2),
-            nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
-
-
-def _up(c_in: int, c_out: int) -> list[nn.Module]:
-    return [nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1),
-            nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
-
-
-def _refine(c: int) -> list[nn.Module]:
-    return [nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
-
-
-def _build_autoencoder(image_size: int, channels: tuple[int, ...], embed_dim: int, *,
-                       stem_kernel: int, refine: bool) -> ConvAutoencoder:
-    """Stride-2 stages through ``channels`` (the first with ``stem_kernel``), a linear
-    bottleneck of ``embed_dim``, and the mirrored decoder ending in a sigmoid."""
-    side = image_size >> len(channels)
-    flat = channels[-1] * side * side
-    enc: list[nn.Module] = []
-    c_in = 3
-    for i, c in enumerate(channels):
-        enc += _down(c_in, c, stem_kernel if i == 0 else 3)
-        if refine and i > 0:
-            enc += _refine(c)
-        c_in = c
-    enc += [nn.Flatten(), nn.Linear(flat, embed_dim)]
-    dec: list[nn.Module] = [nn.Linear(embed_dim, flat), nn.Unflatten(1, (channels[-1], side, side)),
-                            nn.ReLU(inplace=True)]
-    for c_hi, c_lo in zip(channels[::-1], channels[-2::-1]):
-        dec += _up(c_hi, c_lo)
-        if refine:
-            dec += _refine(c_lo)
-    dec += [nn.ConvTranspose2d(channels[0], 3, 4, stride=2, padding=1), nn.Sigmoid()]
-    return ConvAutoencoder(nn.Sequential(*enc), nn.Sequential(*dec), image_size)
-
-
 @dataclass(frozen=True)
 class SmallParams:
     """``conv_small``: one stride-2 conv per entry of ``channels``; ``embed_dim`` = D."""
@@ -203,8 +142,10 @@ class SmallParams:
 
 @register("conv_small", params=SmallParams, sizes="32, 64 or 128 px",
           accepts=lambda s: _power_of_two(s) and 32 <= s <= 128)
-def _conv_small(image_size: int, params: SmallParams) -> nn.Module:
-    return _build_autoencoder(image_size, params.channels, params.embed_dim, stem_kernel=3,
+def _conv_small(image_size: int, params: SmallParams) -> ConvAutoencoder:
+    from icas_ray.train._conv import build_autoencoder
+
+    return build_autoencoder(image_size, params.channels, params.embed_dim, stem_kernel=3,
                               refine=False)
 
 
@@ -230,10 +171,12 @@ class LargeParams:
 
 @register("conv_large", params=LargeParams, sizes="256 px or more, a power of two",
           accepts=lambda s: _power_of_two(s) and s >= 256)
-def _conv_large(image_size: int, params: LargeParams) -> nn.Module:
+def _conv_large(image_size: int, params: LargeParams) -> ConvAutoencoder:
+    from icas_ray.train._conv import build_autoencoder
+
     stages = max(1, (image_size // params.bottleneck).bit_length() - 1)
     channels = tuple(min(params.base_channels << i, params.max_channels) for i in range(stages))
-    return _build_autoencoder(image_size, channels, params.embed_dim, stem_kernel=5, refine=True)
+    return build_autoencoder(image_size, channels, params.embed_dim, stem_kernel=5, refine=True)
 
 
 def _unknown(name: str) -> ConfigError:
@@ -242,6 +185,8 @@ def _unknown(name: str) -> ConfigError:
 
 
 def _import_class(path: str) -> type[nn.Module]:
+    from torch import nn
+
     module_name, _, attr = path.partition(":")
     try:
         module = importlib.import_module(module_name)
