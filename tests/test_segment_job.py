@@ -160,6 +160,8 @@ def test_cli_methods_lists_parameters() -> None:
     assert len(rows) == 10 and rows["chanvese"]["aliases"] == ["chanvase"]
     assert rows["superpixel"]["params"]["region_size"] == 40
     assert "backend" not in rows["sam"]["params"]
+    assert rows["superpixel"]["min_size"] == {"side": 40, "pixels": 1}
+    assert rows["kmeans"]["min_size"] == {"side": 1, "pixels": 15}
 
 
 @pytest.mark.timeout(120)

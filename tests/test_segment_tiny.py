@@ -174,3 +174,19 @@ def test_a_crashing_worker_is_retried_a_bounded_number_of_times(ray_session, mix
         assert reason.startswith("the worker process died"), reason
     for name in ("astronaut.png", "coffee.png"):
         assert os.path.exists(os.path.join(out, "superpixel", name + ".labels.png"))
+
+
+@pytest.mark.timeout(120)
+def test_preview_of_a_small_image_notes_the_methods_that_refuse_it(tmp_path) -> None:
+    image = tmp_path / "small.png"
+    image.write_bytes(_png(_photo("astronaut", 30, 24)))
+    out = tmp_path / "sheet.png"
+    r = CliRunner().invoke(cli, ["segment", "preview", str(image), "--output", str(out),
+                                 "-m", "superpixel", "-m", "graph", "--panel", "64"])
+    assert r.exit_code == 0, r.output
+    assert cv2.imread(str(out)) is not None
+    from icas_ray.segment import segment_all
+
+    labels, notes, _ = segment_all(_photo("astronaut", 30, 24), methods=["superpixel", "graph"])
+    assert set(labels) == {"graph"}
+    assert notes["superpixel"].startswith("image of 30x24 px is too small for superpixel")

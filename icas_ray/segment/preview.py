@@ -12,7 +12,7 @@ import numpy as np
 
 from icas_ray.errors import ConfigError
 from icas_ray.images import resize
-from icas_ray.segment._registry import check_image, get_method, method_names
+from icas_ray.segment._registry import ImageTooSmallError, check_image, get_method, method_names
 from icas_ray.segment.render import contact_sheet
 
 __all__ = ["preview_methods", "segment_all"]
@@ -34,7 +34,8 @@ def segment_all(image: np.ndarray, *, methods: Sequence[str] | None = None,
 
     Returns:
         ``(labels, notes, seconds)``: label map per method that ran, a one-line note per method
-        that could not (bad parameters for this image, no backend), seconds per method.
+        that could not (bad parameters for this image, an image below its minimum size, no
+        backend), seconds per method.
     """
     params = {get_method(k).name: v for k, v in (params or {}).items()}
     if methods is None:
@@ -54,7 +55,7 @@ def segment_all(image: np.ndarray, *, methods: Sequence[str] | None = None,
         t0 = time.perf_counter()
         try:
             results[name] = method(image, p)
-        except (ConfigError, cv2.error) as e:
+        except (ConfigError, ImageTooSmallError, cv2.error) as e:
             notes[name] = str(e).strip().splitlines()[-1]
             logger.warning("%s: %s", name, notes[name])
         seconds[name] = time.perf_counter() - t0

@@ -163,13 +163,22 @@ def methods_cmd(as_json: bool) -> None:
     for name in method_names():
         m = get_method(name)
         defaults = {k: v for k, v in m.defaults().items() if k != "backend"}
+        least = m.minimum()
         rows.append({"method": name, "aliases": list(m.aliases), "summary": m.summary,
-                     "params": defaults})
+                     "params": defaults,
+                     "min_size": {"side": least.side, "pixels": least.pixels}})
     if as_json:
         click.echo(json.dumps(rows, indent=2, default=list))
         return
     for r in rows:
         alias = f" (alias {', '.join(r['aliases'])})" if r["aliases"] else ""
         click.echo(f"{r['method']}{alias}: {r['summary']}")
+        needs = []
+        if r["min_size"]["side"] > 1:
+            needs.append(f"both sides >= {r['min_size']['side']} px")
+        if r["min_size"]["pixels"] > 1:
+            needs.append(f">= {r['min_size']['pixels']} pixels")
+        if needs:
+            click.echo(f"    (images need {' and '.join(needs)} with these defaults)")
         for k, v in r["params"].items():
             click.echo(f"    {k} = {v!r}")
