@@ -55,6 +55,7 @@ __all__ = [
     "ModelSpec",
     "build_model",
     "check_image_size",
+    "default_image_size",
     "is_import_path",
     "model_names",
     "model_spec",
@@ -79,6 +80,7 @@ class ModelSpec:
         Params: frozen dataclass of the parameters, with defaults.
         sizes: the accepted input sizes, in words (for errors and ``--help``).
         accepts: ``accepts(image_size) -> bool``.
+        default_size: the input size used when none is given.
     """
 
     name: str
@@ -86,13 +88,14 @@ class ModelSpec:
     Params: type
     sizes: str
     accepts: Callable[[int], bool]
+    default_size: int
 
 
 REGISTRY: dict[str, ModelSpec] = {}
 
 
-def register(name: str, *, params: type, sizes: str,
-             accepts: Callable[[int], bool]) -> Callable[[B], B]:
+def register(name: str, *, params: type, sizes: str, accepts: Callable[[int], bool],
+             default_size: int) -> Callable[[B], B]:
     """Decorator: register ``build(image_size, params) -> nn.Module`` under ``name``.
 
     Raises:
@@ -102,7 +105,7 @@ def register(name: str, *, params: type, sizes: str,
     def deco(build: B) -> B:
         if name in REGISTRY:
             raise ValueError(f"model {name!r} is already registered")
-        REGISTRY[name] = ModelSpec(name, build, params, sizes, accepts)
+        REGISTRY[name] = ModelSpec(name, build, params, sizes, accepts, default_size)
         return build
 
     return deco
@@ -141,7 +144,7 @@ class SmallParams:
 
 
 @register("conv_small", params=SmallParams, sizes="32, 64 or 128 px",
-          accepts=lambda s: _power_of_two(s) and 32 <= s <= 128)
+          accepts=lambda s: _power_of_two(s) and 32 <= s <= 128, default_size=64)
 def _conv_small(image_size: int, params: SmallParams) -> ConvAutoencoder:
     from icas_ray.train._conv import build_autoencoder
 
@@ -170,7 +173,7 @@ class LargeParams:
 
 
 @register("conv_large", params=LargeParams, sizes="256 px or more, a power of two",
-          accepts=lambda s: _power_of_two(s) and s >= 256)
+          accepts=lambda s: _power_of_two(s) and s >= 256, default_size=256)
 def _conv_large(image_size: int, params: LargeParams) -> ConvAutoencoder:
     from icas_ray.train._conv import build_autoencoder
 
@@ -222,6 +225,21 @@ def _user_params(path: str, cls: type[nn.Module], image_size: int,
     coerced = {k: coerce(v, hints.get(k, Any), f"model {path} parameter {k}")
                for k, v in params.items()}
     return coerced, "image_size" in names
+
+
+def default_image_size(name_or_path: str) -> int:
+    """The input size of model ``name_or_path`` when none is given.
+
+    Raises:
+        ConfigError: unknown model, or a user class (which has no default: give the size).
+    """
+    if is_import_path(name_or_path):
+        raise ConfigError(f"model {name_or_path} needs --image-size: a user class has no "
+                          "default input size")
+    spec = REGISTRY.get(name_or_path)
+    if spec is None:
+        raise _unknown(name_or_path)
+    return spec.default_size
 
 
 def check_image_size(name_or_path: str, image_size: int) -> None:
