@@ -1,0 +1,291 @@
+"""Ray stages shared by the pipelines of ``icas cluster`` (classic and deep).
+
+* :func:`open_run`: the checks before anything is written (paths, a foreign output), the
+  output's lock, leftovers of a killed run, resume or fresh start, then Ray;
+* :func:`list_inputs`: the listing, saved in the journal (a resumed run sees the same files);
+* :class:`FeatureExtractor` / :func:`extract_task`: read, decode and extract features in Ray
+  Data (an actor pool, or pooled task workers);
+* :func:`run_batches`: that stage, and a task per complete batch that clusters it;
+* :func:`failpoint`: the tests' hook to die at an exact point.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+from icas_ray.errors import ConfigError, InputError
+from icas_ray.features import get_method
+from icas_ray.images import ReadConfig
+from icas_ray.output import Layout
+from icas_ray.paths import is_inside
+from icas_ray.pipeline.journal import Journal, RunLock, RunState
+from icas_ray.pipeline.read import DecodeImages, read_bytes_batch
+from icas_ray.progress import Progress
+from icas_ray.runtime import ResourceConfig, cluster_cpus, cluster_gpus, init_ray
+from icas_ray.storage import FileInfo, Listing, Storage
+
+__all__ = ["FeatureExtractor", "check_paths", "default_output", "extract_task", "failpoint",
+           "list_inputs", "normalise_output", "open_run", "run_batches"]
+
+logger = logging.getLogger(__name__)
+
+
+def default_output(input_uri: str) -> str:
+    """``<input>_clustered`` next to the input (the original tool's rule)."""
+    return input_uri.rstrip("/").rstrip(os.sep) + "_clustered"
+
+
+def failpoint(name: str, count: int) -> None:
+    """Test hook: ``ICAS_FAILPOINT=name:N`` kills the process when ``count`` reaches N.
+
+    Used by the tests to interrupt a run at an exact point (as a crash or a kill -9 would).
+    """
+    spec = os.environ.get("ICAS_FAILPOINT", "")
+    if spec.startswith(name + ":") and count >= int(spec.split(":", 1)[1]):
+        logger.warning("failpoint %s reached after %d: exiting", name, count)
+        os._exit(75)
+
+
+# ---------------------------------------------------------------------------------------------
+# Ray Data UDFs (adapters over pure code)
+
+
+class FeatureExtractor:
+    """Reads, decodes and extracts the features of a batch of listed files (one method
+    instance per process).
+
+    Reading and decoding happen here rather than in a map stage of their own: the decoded
+    pixels then never leave the process (between two map stages, even fused ones, Ray Data
+    turns them into an Arrow block and back), and only the features go on.
+
+    Ray Data runs it as an actor pool (``feature_compute="actors"``: the class is the UDF)
+    or in tasks (:func:`extract_task`: one instance per worker process, kept between tasks).
+    """
+
+    def __init__(self, method: str, params: dict[str, Any], storage: Storage, read: ReadConfig) -> None:
+        # Extraction is numpy/OpenCV only: importing torch here would cost seconds per actor.
+        self.method = get_method(method, params, read)
+        self.decode = DecodeImages(read)
+        self.storage = storage
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        decoded = self.decode(read_bytes_batch(batch, self.storage))
+        ok = np.flatnonzero(decoded["status"] == "ok")
+        images = [decoded["image"][i] for i in ok]
+        feats = self.method.extract(images) if len(ok) else None
+        out = {k: decoded[k] for k in ("uri", "size", "batch", "row", "status", "error")}
+        n = len(batch["uri"])
+        if feats is None:
+            feats = self.method.extract([np.zeros((64, 64, 3), np.uint8)])
+            feats = {k: v[:0] for k, v in feats.items()}
+        for key, value in feats.items():
+            full = np.zeros((n,) + value.shape[1:], value.dtype)
+            full[ok] = value
+            out[f"f_{key}"] = full
+        return out
+
+
+#: The task path's extractor of this worker process, with the job key it was built for.
+_TASK_EXTRACTOR: tuple[tuple[Any, ...], FeatureExtractor] | None = None
+
+
+def extract_task(batch: dict[str, np.ndarray], *, method: str, params: dict[str, Any],
+                  storage: Storage, read: ReadConfig) -> dict[str, np.ndarray]:
+    """Ray Data task UDF: :class:`FeatureExtractor` built once per worker process and job
+    (Ray reuses task workers, so its tables, e.g. minhash's grid hashes, are built once)."""
+    global _TASK_EXTRACTOR
+    key = (method, sorted(params.items()), storage.options, read)
+    if _TASK_EXTRACTOR is None or _TASK_EXTRACTOR[0] != key:
+        _TASK_EXTRACTOR = (key, FeatureExtractor(method, params, storage, read))
+    return _TASK_EXTRACTOR[1](batch)
+
+
+#: Rows per Ray Data batch for decoding and features.
+_ROWS_PER_UDF_CALL = 64
+
+
+def run_batches(files: Sequence[FileInfo], batches: np.ndarray, pending: set[int], config: Any,
+                threshold: float | None, layout: Layout, progress: Progress, *,
+                batch_task: Callable[..., Any], merger: Any = None) -> tuple[int, list[Any]]:
+    """Features (a Ray Data stage) and per-batch clustering (``batch_task`` in a Ray task per
+    complete batch, beside the feature workers) of the pending batches.
+
+    Args:
+        files, batches: the listing and each file's batch number.
+        pending: the batches to compute.
+        config: the run's options (method, feature compute, ...).
+        threshold: passed on to ``batch_task``.
+        layout: where the batches' checkpoints go.
+        progress: receives the features and batches phases.
+        batch_task: ``(batch, rows, config, threshold, layout, use_gpu) -> BatchResult``; it
+            persists the batch's checkpoint.
+        merge: an actor whose ``add`` receives each batch result (None: results stay on
+            storage only).
+
+    Returns:
+        The number of batches computed, and the refs to wait for.
+    """
+    import ray
+
+    from icas_ray.pipeline.read import listing_dataset
+
+    if not pending:
+        return 0, []
+    sel = np.flatnonzero(np.isin(batches, sorted(pending)))
+    todo = [files[i] for i in sel]
+    expected = {b: int(c) for b, c in zip(*np.unique(batches[sel], return_counts=True))}
+    cpus = cluster_cpus()
+    gpus = cluster_gpus()
+    method = config.feature_method()
+    use_gpu = gpus >= 1 and method.has_torch
+    # Fractional CPUs: a 2-CPU machine must fit feature workers and batch tasks at once
+    # (whole-CPU actors deadlock Ray Data there). Half the CPUs go to features; the batch tasks
+    # and the driver use the rest. An actor pool is capped (each actor is a process for the job).
+    workers = max(1, int(cpus)) if config.feature_compute == "tasks" else max(1, min(16, int(cpus)))
+    # Four blocks per worker, of up to 1024 rows: a task per block (the default compute)
+    # costs a worker lease and a scheduling round, which on 8000 minhash images made blocks of
+    # 250 rows slower than blocks of 1000.
+    ds = listing_dataset(todo, columns={"batch": batches[sel], "row": sel}, workers=workers,
+                         max_rows=1024, blocks_per_worker=4)
+    # Rows come back roughly in listing order (= batch order); the driver buffers partial
+    # batches, so strict ordering (which stalls the pipeline) is not needed.
+    ds.context.execution_options.preserve_order = False
+    job = {"method": config.method, "params": dict(config.method_params),
+           "storage": layout.storage, "read": config.read_config()}
+    if config.feature_compute == "actors":
+        ds = ds.map_batches(FeatureExtractor, fn_constructor_kwargs=job,
+                            batch_size=_ROWS_PER_UDF_CALL, batch_format="numpy", num_cpus=0.5,
+                            compute=ray.data.ActorPoolStrategy(size=workers))
+    else:
+        # Tasks start in Ray's pooled worker processes; each actor of a pool is a new process
+        # (2-3 s more per job on a 2-CPU machine: benchmarks/feature_compute.md).
+        ds = ds.map_batches(extract_task, fn_kwargs=job, batch_size=_ROWS_PER_UDF_CALL,
+                            batch_format="numpy", num_cpus=0.5,
+                            compute=ray.data.TaskPoolStrategy(size=min(workers, ds.num_blocks())))
+    batch_fn = ray.remote(batch_task).options(num_cpus=1, num_gpus=0.25 if use_gpu else 0)
+    buffers: dict[int, list[dict[str, np.ndarray]]] = defaultdict(list)
+    counts: dict[int, int] = defaultdict(int)
+    refs: list[Any] = []
+    in_flight: list[Any] = []
+    finished = 0
+    seen = 0
+    progress.start("features", len(todo))
+    progress.start("batches", len(pending))
+
+    def submit(b: int) -> None:
+        parts = buffers.pop(b)
+        rows = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        # Rows arrive in any order; a batch is clustered in listing order, so that its
+        # representatives (hence the merge) do not depend on the order of arrival.
+        order = np.argsort(rows.pop("row"), kind="stable")
+        rows = {k: v[order] for k, v in rows.items()}
+        ref = batch_fn.remote(b, rows, config, threshold, layout, use_gpu)
+        refs.append(merger.add.remote(ref) if merger is not None else ref)
+        in_flight.append(ref)
+
+    def reap(block: bool) -> None:
+        """Collect finished batch tasks: all that are done, or (``block``) at least one."""
+        nonlocal finished
+        while in_flight:
+            ready, _ = ray.wait(in_flight, num_returns=1, timeout=None if block else 0)
+            if not ready:
+                return
+            in_flight.remove(ready[0])
+            ray.get(ready[0])
+            finished += 1
+            progress.advance("batches", finished, len(pending))
+            failpoint("batches", finished)
+            if block:
+                return
+
+    for part in ds.iter_batches(batch_size=_ROWS_PER_UDF_CALL * 4, batch_format="numpy"):
+        seen += len(part["uri"])
+        progress.advance("features", seen, len(todo))
+        for b in np.unique(part["batch"]):
+            m = part["batch"] == b
+            buffers[int(b)].append({k: v[m] for k, v in part.items()})
+            counts[int(b)] += int(m.sum())
+            if counts[int(b)] == expected[int(b)]:
+                submit(int(b))
+        reap(block=False)
+        while len(in_flight) > max(2, int(cpus)):
+            reap(block=True)
+    for b in list(buffers):  # defensive: rows of a batch arrived short
+        submit(b)
+    while in_flight:
+        reap(block=True)
+    progress.finish("features", f"{seen} images")
+    progress.finish("batches", f"{finished} batches clustered")
+    return finished, refs
+
+
+# ---------------------------------------------------------------------------------------------
+# Opening a run
+
+
+def normalise_output(output: str) -> str:
+    """One form for the output's URIs (plans, listings and records compare them as strings):
+    local paths absolute, no trailing separator."""
+    if "://" not in output:
+        return os.path.abspath(os.path.expanduser(output))
+    return output.rstrip("/")
+
+
+def check_paths(input_uri: str, output: str, storage: Storage) -> None:
+    """Refuse an output inside the input (or the reverse), compared on resolved paths (a
+    symlink cannot hide it), before anything is written or Ray starts."""
+    if is_inside(input_uri, output):
+        raise ConfigError(f"output {output!r} is inside the input {input_uri!r}: "
+                          "choose an --output outside the input folder")
+    if is_inside(output, input_uri):
+        raise ConfigError(f"input {input_uri!r} is inside the output {output!r}: choose another --output")
+
+
+def list_inputs(input_uri: str, journal: Journal, config: Any, resume: bool,
+             progress: Progress) -> tuple[Listing, np.ndarray]:
+    progress.start("listing")
+    saved = journal.load_listing() if resume else None
+    if saved is not None:
+        progress.finish("listing", f"{len(saved[0].files)} images (saved listing of the interrupted run)")
+        return saved
+    listing = journal.storage.scan_images(input_uri, sniff=config.sniff, exclude=(journal.layout.root,))
+    if not listing.files:
+        raise InputError(f"no images found under {input_uri!r}: expected files with image "
+                         "extensions (.png, .jpg, ...); add --sniff to detect images by content")
+    # The original's heuristic: similar images have similar sizes, so sort by size.
+    listing.files.sort(key=lambda f: (f.size, f.uri))
+    batches = np.arange(len(listing.files)) // config.batch_size
+    journal.save_listing(listing.files, batches, listing.problems)
+    unlisted = f"; {len(listing.problems)} entries could not be listed" if listing.problems else ""
+    for uri, why in listing.problems[:10]:
+        logger.warning("not listed: %s (%s)", uri, why)
+    progress.finish("listing", f"{len(listing.files)} images in {int(batches.max()) + 1} batches{unlisted}")
+    return listing, batches
+
+
+@contextmanager
+def open_run(input_uri: str, output: str | None, config: Any, storage: Storage,
+             resources: ResourceConfig | None) -> Iterator[tuple[Journal, RunState]]:
+    """Check paths and the output, hold the output's lock, clean what a killed run left,
+    decide fresh run or resume, start Ray; yields the journal and the run's state.
+
+    Everything a user can fix fails here, with one line, before Ray starts.
+    """
+    output = normalise_output(output or default_output(input_uri))
+    if not storage.exists(input_uri) and config.option != "merge":
+        storage.list_images(input_uri)  # raises the one-line error for a missing path/bucket
+    check_paths(input_uri, output, storage)
+    journal = Journal(Layout(output, storage))
+    journal.check_output()
+    with RunLock(journal.layout).held():
+        journal.clean_leftovers()
+        state = journal.prepare(input_uri, config)
+        init_ray(resources)
+        yield journal, state
