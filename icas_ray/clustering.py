@@ -23,7 +23,9 @@ __all__ = [
     "BatchResult",
     "MergeResult",
     "process_batch",
+    "batch_from_labels",
     "merge_batches",
+    "merge_by_labels",
     "representatives",
 ]
 
@@ -196,6 +198,39 @@ def process_batch(batch: int, *, uris: Sequence[str], sizes: np.ndarray, status:
     )
 
 
+def batch_from_labels(batch: int, *, uris: Sequence[str], sizes: np.ndarray, status: np.ndarray,
+                      error: np.ndarray, labels: np.ndarray, features: Features,
+                      merge_reps: int = 1, merge_outliers: bool = True) -> BatchResult:
+    """A batch clustered by a model (the deep pipeline) as a :class:`BatchResult`.
+
+    Args:
+        labels: ``(R,) int`` the model's label of each readable file (in batch order),
+            ``-1`` for noise. Clusters of one file become outliers, and clusters are
+            renumbered by first member, as connected components are.
+        features: features of the readable files, in batch order.
+        Other arguments: as :func:`process_batch`.
+    """
+    status = np.asarray(status, dtype=object)
+    ok = np.flatnonzero(status == "ok")
+    model = np.asarray(labels, np.int64)
+    # Noise gets a label of its own per file, so that it stays alone.
+    comp = np.where(model >= 0, model, model.max(initial=-1) + 1 + np.arange(len(model)))
+    out = np.full(len(uris), UNREADABLE, np.int32)
+    out[ok] = cluster_labels(np.unique(comp, return_inverse=True)[1])
+    rep_local, rep_unit = representatives(out[ok], per_cluster=merge_reps,
+                                          include_outliers=merge_outliers)
+    empty = np.zeros(0, np.int64)
+    return BatchResult(
+        batch=batch, uris=np.asarray(uris, dtype=object), sizes=np.asarray(sizes, np.int64),
+        status=status, error=np.asarray(error, dtype=object), labels=out,
+        edge_a=empty, edge_b=empty, edge_sim=np.zeros(0, np.float32),
+        comparisons=0, possible=0, complete=True,
+        rep_index=ok[rep_local], rep_unit=rep_unit,
+        rep_features=take_features(features, rep_local) if len(rep_local) else
+        {k: v[:0] for k, v in features.items()},
+    )
+
+
 @dataclass
 class MergeResult:
     """Final clusters over all batches.
@@ -218,44 +253,24 @@ class MergeResult:
     representatives: int
 
 
-def merge_batches(results: Sequence[BatchResult], method: FeatureMethod, threshold: float, *,
-                  strategy: str = "exhaustive", time_limit_s: float | None = None,
-                  device: str | None = None, threads: int = 1) -> MergeResult:
-    """Merge batch clusters (and carried outliers) whose representatives are similar.
-
-    Pairs of representatives from the same batch are not compared (their batch already did).
-    With no merge at all (one batch), the batch clusters are the final clusters.
-
-    The ``connected`` strategy compares representatives exhaustively here: representatives of
-    different batches are rarely joined before they are compared (on the digits it would skip
-    8% of the pairs), and whole blocks of pairs score faster than row-by-row calls. The
-    components are the same either way. ``threads`` blocks are scored at once (the merge runs
-    when the batches are done and has the machine to itself).
-    """
-    if strategy == "connected":
-        strategy = "exhaustive"
-    results = sorted(results, key=lambda r: r.batch)
+def _units(results: Sequence[BatchResult]) -> tuple[dict[int, int], int, np.ndarray]:
+    """Each batch's offset into the global merge units, their number, and the global unit of
+    every representative (in batch order)."""
     unit_offset: dict[int, int] = {}
     total_units = 0
     for r in results:
         unit_offset[r.batch] = total_units
         total_units += r.n_clusters + int((r.labels == OUTLIER).sum())
-    feats = concat_features([r.rep_features for r in results])
-    groups = np.concatenate([np.full(len(r.rep_index), r.batch) for r in results]) \
-        if results else np.zeros(0, np.int64)
     rep_units = np.concatenate([r.rep_unit + unit_offset[r.batch] for r in results]) \
         if results else np.zeros(0, np.int64)
-    rep_uris = np.concatenate([r.uris[r.rep_index] for r in results]) \
-        if results else np.zeros(0, object)
-    n_reps = len(rep_units)
-    if len(results) > 1 and n_reps > 1:
-        edges = build_edges(n_reps, _kernel(method, feats, device), threshold, strategy=strategy,
-                            groups=groups, time_limit_s=time_limit_s, units=rep_units,
-                            threads=threads if device is None else 1)
-    else:
-        edges = build_edges(0, lambda r, c: np.zeros((0, 0)), threshold)  # no items, no calls
-    unit_comp = components(total_units, rep_units[edges.a], rep_units[edges.b])
-    # Final cluster = component of units with 2+ readable files in all.
+    return unit_offset, total_units, rep_units
+
+
+def _final_clusters(results: Sequence[BatchResult], unit_offset: dict[int, int], total_units: int,
+                    unit_a: np.ndarray, unit_b: np.ndarray) -> dict[int, np.ndarray]:
+    """Final cluster of every file, per batch, from links between merge units: a cluster is a
+    component of units with 2+ readable files in all, numbered by size (largest first)."""
+    unit_comp = components(total_units, unit_a, unit_b)
     comp_size = np.zeros(max(1, total_units), np.int64)
     per_batch_units = {}
     for r in results:
@@ -275,6 +290,68 @@ def merge_batches(results: Sequence[BatchResult], method: FeatureMethod, thresho
         out = np.full(len(u), UNREADABLE, np.int32)
         out[readable] = final_id[unit_comp[u[readable] + unit_offset[r.batch]]]
         cluster[r.batch] = out
+    return cluster
+
+
+def merge_by_labels(results: Sequence[BatchResult], rep_labels: np.ndarray) -> MergeResult:
+    """Merge batch clusters (and carried outliers) whose representatives got one label from a
+    model that clustered all representatives together (the deep pipeline's merge).
+
+    Args:
+        results: the batches' results, whose representatives (in batch order, as
+            :func:`representatives` chose them) were clustered.
+        rep_labels: ``(R,) int`` label of every representative; ``-1`` (noise) joins nothing.
+    """
+    results = sorted(results, key=lambda r: r.batch)
+    unit_offset, total_units, rep_units = _units(results)
+    rep_labels = np.asarray(rep_labels, np.int64)
+    if len(rep_labels) != len(rep_units):
+        raise ValueError(f"{len(rep_labels)} labels for {len(rep_units)} representatives")
+    keep = np.flatnonzero(rep_labels >= 0)
+    order = keep[np.argsort(rep_labels[keep], kind="stable")]
+    same = rep_labels[order[1:]] == rep_labels[order[:-1]]  # chain the members of each label
+    a, b = order[:-1][same], order[1:][same]
+    rep_uris = np.concatenate([r.uris[r.rep_index] for r in results]) if results else \
+        np.zeros(0, object)
+    return MergeResult(
+        cluster=_final_clusters(results, unit_offset, total_units, rep_units[a], rep_units[b]),
+        edge_uri_a=rep_uris[:0], edge_uri_b=rep_uris[:0], edge_sim=np.zeros(0, np.float32),
+        comparisons=0, possible=0, complete=True, representatives=len(rep_units),
+    )
+
+
+def merge_batches(results: Sequence[BatchResult], method: FeatureMethod, threshold: float, *,
+                  strategy: str = "exhaustive", time_limit_s: float | None = None,
+                  device: str | None = None, threads: int = 1) -> MergeResult:
+    """Merge batch clusters (and carried outliers) whose representatives are similar.
+
+    Pairs of representatives from the same batch are not compared (their batch already did).
+    With no merge at all (one batch), the batch clusters are the final clusters.
+
+    The ``connected`` strategy compares representatives exhaustively here: representatives of
+    different batches are rarely joined before they are compared (on the digits it would skip
+    8% of the pairs), and whole blocks of pairs score faster than row-by-row calls. The
+    components are the same either way. ``threads`` blocks are scored at once (the merge runs
+    when the batches are done and has the machine to itself).
+    """
+    if strategy == "connected":
+        strategy = "exhaustive"
+    results = sorted(results, key=lambda r: r.batch)
+    unit_offset, total_units, rep_units = _units(results)
+    feats = concat_features([r.rep_features for r in results])
+    groups = np.concatenate([np.full(len(r.rep_index), r.batch) for r in results]) \
+        if results else np.zeros(0, np.int64)
+    rep_uris = np.concatenate([r.uris[r.rep_index] for r in results]) \
+        if results else np.zeros(0, object)
+    n_reps = len(rep_units)
+    if len(results) > 1 and n_reps > 1:
+        edges = build_edges(n_reps, _kernel(method, feats, device), threshold, strategy=strategy,
+                            groups=groups, time_limit_s=time_limit_s, units=rep_units,
+                            threads=threads if device is None else 1)
+    else:
+        edges = build_edges(0, lambda r, c: np.zeros((0, 0)), threshold)  # no items, no calls
+    cluster = _final_clusters(results, unit_offset, total_units,
+                              rep_units[edges.a], rep_units[edges.b])
     return MergeResult(
         cluster=cluster, edge_uri_a=rep_uris[edges.a], edge_uri_b=rep_uris[edges.b],
         edge_sim=edges.similarity, comparisons=edges.comparisons, possible=edges.possible,

@@ -80,6 +80,12 @@ class FeatureMethod(ABC):
     default_strategy: ClassVar[str] = "exhaustive"
     #: Whether a torch kernel exists (used on GPU nodes).
     has_torch: ClassVar[bool] = False
+    #: Features are one float vector per image (``{"vector": (N, D)}`` or a single array),
+    #: which scikit-learn models can cluster (``--cluster-model``).
+    vector_features: ClassVar[bool] = False
+    #: Extraction loads a model (weights): Ray Data runs it in an actor pool by default, so
+    #: that the model is loaded once per actor.
+    loads_model: ClassVar[bool] = False
 
     def __init__(self, params: Any, read: ReadConfig | None = None) -> None:
         self.params = params

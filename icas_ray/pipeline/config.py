@@ -50,7 +50,14 @@ class ClusterConfig:
         max_pixels: larger images are skipped as unreadable.
         files_per_task: files per writer task (None = about two tasks per CPU).
         feature_compute: how Ray Data runs feature extraction: ``tasks`` (in Ray's pooled
-            worker processes) or ``actors`` (a pool of actors started for the job).
+            worker processes) or ``actors`` (a pool of actors started for the job); None =
+            actors for methods that load a model (embedding), else tasks.
+        cluster_model: a scikit-learn model (kmeans, hierarchy, DBSCAN, gaussian, HDBSCAN)
+            that clusters each batch and then the representatives, chosen over ``cluster_grid``
+            by silhouette, Davies-Bouldin and Calinski-Harabasz (the deep pipeline); None =
+            the threshold and connected components.
+        cluster_grid: the model's parameter grid, each a list (``{"n_clusters": [5, 10]}``);
+            missing parameters take the model's defaults.
     """
 
     method: str = "imagehash"
@@ -70,7 +77,9 @@ class ClusterConfig:
     threshold_sample: int = 1000
     max_pixels: int = DEFAULT_MAX_PIXELS
     files_per_task: int | None = None
-    feature_compute: str = "tasks"
+    feature_compute: str | None = None
+    cluster_model: str | None = None
+    cluster_grid: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_fields(self)  # ClusterConfig(batch_size="x"): one line naming the key and type
@@ -78,6 +87,21 @@ class ClusterConfig:
         object.__setattr__(self, "method", m.name)
         if self.strategy is None:
             object.__setattr__(self, "strategy", m.default_strategy)
+        if self.feature_compute is None:
+            object.__setattr__(self, "feature_compute", "actors" if m.loads_model else "tasks")
+        if self.cluster_model is not None:
+            from icas_ray.cluster_models import get_model, make_grid
+
+            if not m.vector_features:
+                raise ConfigError(f"--cluster-model clusters feature vectors, which {m.name} does "
+                                  "not have: use --method embedding")
+            if self.threshold is not None:
+                raise ConfigError("--threshold does not apply with --cluster-model (the model "
+                                  "decides the clusters): drop one of them")
+            object.__setattr__(self, "cluster_model", get_model(self.cluster_model).name)
+            make_grid(self.cluster_model, dict(self.cluster_grid))  # validates names and values
+        elif self.cluster_grid:
+            raise ConfigError("--grid needs --cluster-model: name the model the grid is for")
         if self.threshold is not None:
             lo, hi = m.threshold_range
             if not lo <= self.threshold <= hi:
@@ -126,11 +150,15 @@ class ClusterConfig:
             "scale": self.scale, "strategy": self.strategy, "merge_mode": self.merge_mode,
             "merge_reps": self.representatives_per_cluster(), "max_pixels": self.max_pixels,
             "time_limit_s": self.time_limit_s,
+            **({"cluster_model": self.cluster_model,
+                "cluster_grid": {k: list(v) for k, v in sorted(self.cluster_grid.items())}}
+               if self.cluster_model else {}),
         }
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["method_params"] = dict(self.method_params)
+        d["cluster_grid"] = {k: list(v) for k, v in self.cluster_grid.items()}
         return d
 
 
