@@ -182,4 +182,5 @@ def build_loss(name: str, params: Mapping[str, Any] | None = None, *,
         ConfigError: see :func:`check_loss`.
         ModelLoadError: the weights file is missing, corrupt, or does not fit the network.
     """
-    return LOSSES[name].build(check_loss(name, params), storage)
+    checked = check_loss(name, params)
+    return LOSSES[name].build(checked, storage)
