@@ -35,6 +35,7 @@ from icas_ray.features._base import (
 )
 
 # Importing the modules registers the methods.
+from icas_ray.features import embedding as _embedding  # noqa: F401,E402
 from icas_ray.features import imagehash as _imagehash  # noqa: F401,E402
 from icas_ray.features import minhash as _minhash  # noqa: F401,E402
 from icas_ray.features import orb as _orb  # noqa: F401,E402
