@@ -414,3 +414,28 @@ def test_cluster_destinations_stay_inside_their_folder(tmp_path):
         for dst, folder in zip(plan.dst, folders):
             assert is_inside(folder, dst) and dst != folder, dst
         assert len(set(plan.dst)) == len(batch)
+
+
+# ---------------------------------------------------------------------------------------------
+# A fixed kill point per phase (scripts/bench.py chaos kills at random moments)
+
+
+@pytest.mark.parametrize("phase", ["listing", "batches:1", "merge", "transfers:1", "tables"])
+def test_a_move_killed_in_any_phase_resumes_with_nothing_lost(digits200, tmp_path, phase):
+    src = _input(digits200, tmp_path, count=60)
+    before = _digests(src)
+    out = str(tmp_path / "out")
+    conf = tmp_path / "c.toml"
+    conf.write_text("files_per_task = 15\n")
+    args = ["cluster", src, "--output", out, "--transfer", "move", "--threshold", "0.84",
+            "--batch-size", "20", "--num-cpus", "2", "--config", str(conf)]
+    point = phase if ":" in phase else f"{phase}:1"
+    r = _cli(*args, env={"ICAS_FAILPOINT": point})
+    assert r.returncode == 75, r.stderr[-2000:]
+    r = _cli(*args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert os.listdir(src) == []
+    _all_accounted(before, src, out)
+    assert len(pd.read_parquet(os.path.join(out, "manifest.parquet"))) == 60
+    left = [n for _, _, names in os.walk(out) for n in names if n.endswith(".tmp") or n == "lock.json"]
+    assert left == []

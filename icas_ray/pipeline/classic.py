@@ -32,7 +32,7 @@ from icas_ray.pipeline.config import ClusterConfig
 from icas_ray.pipeline.journal import Journal, RunState
 from icas_ray.pipeline.results import write_results
 from icas_ray.pipeline.stages import (
-    default_output, list_inputs, open_run, run_batches,
+    default_output, failpoint, list_inputs, open_run, run_batches,
 )
 from icas_ray.progress import NullProgress, Progress
 from icas_ray.runtime import ResourceConfig, cluster_gpus
@@ -175,6 +175,7 @@ def _run(input_uri: str, journal: Journal, state: RunState, config: ClusterConfi
     final: dict[int, np.ndarray] | None = None
     if config.option in ("all", "merge"):
         t = time.monotonic()
+        failpoint("merge", 1)
         progress.start("merge")
         merge = ray.get(merger.merge.remote())
         final = merge.cluster

@@ -34,7 +34,7 @@ from icas_ray.output import Layout
 from icas_ray.pipeline.config import ClusterConfig
 from icas_ray.pipeline.journal import Journal, RunState
 from icas_ray.pipeline.results import write_results
-from icas_ray.pipeline.stages import list_inputs, run_batches
+from icas_ray.pipeline.stages import failpoint, list_inputs, run_batches
 from icas_ray.progress import Progress
 from icas_ray.storage import Storage
 
@@ -128,6 +128,7 @@ def run_deep(input_uri: str, journal: Journal, state: RunState, config: ClusterC
     merged: dict[str, Any] = {}
     if config.option in ("all", "merge"):
         t = time.monotonic()
+        failpoint("merge", 1)
         progress.start("merge")
         task = ray.remote(_deep_merge_task).options(num_cpus=1, max_retries=3)
         merge, merged = ray.get(task.remote(layout, list(range(n_batches)), config))

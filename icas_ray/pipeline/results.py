@@ -184,6 +184,7 @@ def write_results(journal: Journal, config: Any, *, input_uri: str, listing: Lis
         "unlisted": dict(listing.problems),
     }
     write_tables(layout, results, final, location, merge, listing.problems)
+    failpoint("tables", 1)
     groups: dict[str, list[str]] = defaultdict(list)
     for u, folder in zip(uris, folders):
         groups[layout.relative(folder)].append(location.get(u, u))

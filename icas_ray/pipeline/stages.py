@@ -263,6 +263,7 @@ def list_inputs(input_uri: str, journal: Journal, config: Any, resume: bool,
     listing.files.sort(key=lambda f: (f.size, f.uri))
     batches = np.arange(len(listing.files)) // config.batch_size
     journal.save_listing(listing.files, batches, listing.problems)
+    failpoint("listing", 1)
     unlisted = f"; {len(listing.problems)} entries could not be listed" if listing.problems else ""
     for uri, why in listing.problems[:10]:
         logger.warning("not listed: %s (%s)", uri, why)
