@@ -178,6 +178,10 @@ def test_autoencoder_near_duplicates_closer(near_dups, tmp_path):  # type: ignor
     with torch.inference_mode():
         ref = torch.nn.functional.normalize(model.embed(x.float() / 255), dim=1).numpy()
     np.testing.assert_allclose(feats["embedding"][:3], ref, atol=1e-5)
+    # a checkpoint rewritten in place (a resumed `icas train`) is loaded again
+    os.utime(_tiny_checkpoint(str(tmp_path), seed=5), ns=(1, 1))
+    again = m.extract([resize(img, (32, 32)) for img in images[:3]])["embedding"]
+    assert not np.allclose(again, feats["embedding"][:3], atol=1e-3)
 
 
 def test_backbone_weights_from_a_file(tmp_path):  # type: ignore[no-untyped-def]

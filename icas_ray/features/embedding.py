@@ -46,7 +46,7 @@ from icas_ray.features._base import FeatureMethod, Features, positive_int, regis
 from icas_ray.images import ReadConfig, resize
 from icas_ray.storage import Storage
 
-__all__ = ["BACKBONES", "EmbeddingMethod", "EmbeddingParams", "cosine_matrix",
+__all__ = ["BACKBONES", "EmbeddingMethod", "EmbeddingParams", "clear_cache", "cosine_matrix",
            "cosine_matrix_torch"]
 
 logger = logging.getLogger(__name__)
@@ -159,7 +159,26 @@ def cosine_matrix_torch(a: np.ndarray, b: np.ndarray, device: str = "cpu") -> np
 # -- the network, once per process ------------------------------------------------------------
 _LOCK = threading.Lock()
 _NETS: dict[tuple[str, ...], Any] = {}
-_META: dict[str, dict[str, Any]] = {}
+_META: dict[tuple[str, str], dict[str, Any]] = {}
+
+
+def _version(uri: str | None) -> str:
+    """A local file's size and mtime, so that a checkpoint rewritten in place (a resumed
+    ``icas train``) is loaded again; remote URIs are cached by name for the process."""
+    if not uri or "://" in uri and not uri.startswith("file://"):
+        return ""
+    try:
+        st = os.stat(uri.removeprefix("file://"))
+    except OSError:
+        return ""
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def clear_cache() -> None:
+    """Forget the networks and checkpoint metadata this process has loaded."""
+    with _LOCK:
+        _NETS.clear()
+        _META.clear()
 _THREADS_SET = False
 
 
@@ -191,14 +210,15 @@ def _resolve_device(device: str) -> str:
 
 def _checkpoint_meta(uri: str, storage: Storage) -> dict[str, Any]:
     """The checkpoint's metadata (cached per process): its input size decides the read."""
+    key = (uri, _version(uri))
     with _LOCK:
-        if uri not in _META:
+        if key not in _META:
             from icas_ray.train.checkpoint import read_checkpoint
 
             blob = read_checkpoint(uri, storage=storage)
-            _META[uri] = {k: v for k, v in blob.items()
+            _META[key] = {k: v for k, v in blob.items()
                           if k not in ("state_dict", "optimizer", "scheduler")}
-        return _META[uri]
+        return _META[key]
 
 
 def _read_state_dict(uri: str, backbone: str, storage: Storage) -> dict[str, Any]:
@@ -261,7 +281,8 @@ def _backbone(backbone: str, weights: str, storage: Storage) -> Any:
 def _network(params: EmbeddingParams, storage: Storage) -> tuple[Any, str]:
     """The network in eval mode on its device, built on first use in this process."""
     device = _resolve_device(params.device)
-    key = (params.checkpoint or "", params.backbone or "", params.weights or "", device)
+    key = (params.checkpoint or "", _version(params.checkpoint), params.backbone or "",
+           params.weights or "", _version(params.weights), device)
     with _LOCK:
         if key not in _NETS:
             _set_threads()
@@ -287,6 +308,8 @@ class EmbeddingMethod(FeatureMethod):
     threshold_range = (-1.0, 1.0)
     default_strategy = "exhaustive"
     has_torch = True
+    vector_features = True  # --cluster-model can cluster them
+    loads_model = True  # an actor pool by default: the network is loaded once per actor
 
     def __init__(self, params: EmbeddingParams, read: ReadConfig | None = None, *,
                  storage: Storage | None = None) -> None:
