@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
-from icas_ray.errors import ConfigError, ModelLoadError  # noqa: E402
+from icas_ray.errors import ConfigError, ModelLoadError
 
 # Small enough for a 2-core machine: 32 px inputs, a few channels.
 TINY = {"channels": "4,8", "embed_dim": "8"}
@@ -82,7 +82,12 @@ def _one_line(text: str) -> None:
 # -- models --------------------------------------------------------------------------------
 def test_model_registry_names_and_errors():
     from icas_ray.train.models import (
-        REGISTRY, SmallParams, build_model, check_image_size, model_names, register,
+        REGISTRY,
+        SmallParams,
+        build_model,
+        check_image_size,
+        model_names,
+        register,
     )
 
     assert model_names() == sorted(REGISTRY) == ["conv_large", "conv_small"]
@@ -239,7 +244,8 @@ def test_checkpoint_round_trip_and_errors(tmp_path):
                        (str(tmp_path / "junk.pt"), "corrupt or not an icas-ray checkpoint"),
                        (str(tmp_path / "other.pt"), "not an icas-ray autoencoder checkpoint")]:
         if bad.endswith("junk.pt"):
-            open(bad, "wb").write(b"\x00garbage")
+            with open(bad, "wb") as f:
+                f.write(b"\x00garbage")
         if bad.endswith("other.pt"):
             torch.save({"weights": torch.zeros(1)}, bad)
         with pytest.raises(ModelLoadError, match=match) as e:
@@ -254,7 +260,7 @@ def test_checkpoint_on_s3(s3_server, s3_bucket):
     model = _tiny_model().eval()
     uri = f"s3://{s3_bucket}/models/best.pt"
     save_checkpoint(uri, model, epoch=1, loss=0.1, storage=storage)
-    loaded, meta = load_model(uri, storage=storage, device="cpu")
+    loaded, _ = load_model(uri, storage=storage, device="cpu")
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(model.embed(x), loaded.embed(x))
@@ -305,14 +311,14 @@ def test_cli_errors_are_one_line_before_ray_starts(tmp_path, capsys, monkeypatch
     folder.mkdir()
     store = str(tmp_path / "store")
     for argv, match in [
-        (["--loss", "perceptual"], "Error: --loss perceptual needs VGG19 weights: pass "
-                                   "--perceptual-weights FILE_OR_URI"),
+        (["--loss", "perceptual"], ("Error: --loss perceptual needs VGG19 weights: pass "
+                                    "--perceptual-weights FILE_OR_URI")),
         (["--loss", "perceptual", "--perceptual-weights", str(tmp_path / "nope.pth")],
          "Error: --perceptual-weights .*nope.pth' does not exist"),
         (["--image-size", "100"], "Error: --image-size 100 does not fit model conv_small"),
         (["--model", "nosuch"], "Error: unknown model 'nosuch'"),
-        (["--param", "embed_dim=x"], "Error: model conv_small parameter embed_dim='x' is not "
-                                     "an integer"),
+        (["--param", "embed_dim=x"], ("Error: model conv_small parameter embed_dim='x' is "
+                                      "not an integer")),
         ([], "Error: no images under"),
     ]:
         code, out, err = _main(["train", str(folder), "--storage", store, *argv], capsys)
@@ -340,8 +346,8 @@ def digits64(tmp_path_factory: pytest.TempPathFactory) -> str:
 def _config(storage_uri: str, **kw: Any) -> Any:
     from icas_ray.train.trainer import TrainConfig
 
-    base: dict[str, Any] = dict(model="conv_small", model_params=dict(TINY), image_size=32,
-                                epochs=2, lr=0.01, batch_size=8, storage_uri=storage_uri)
+    base: dict[str, Any] = {"model": "conv_small", "model_params": dict(TINY), "image_size": 32,
+                            "epochs": 2, "lr": 0.01, "batch_size": 8, "storage_uri": storage_uri}
     return TrainConfig(**{**base, **kw})
 
 

@@ -26,6 +26,9 @@ _IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class _Normalize(nn.Module):
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
@@ -57,7 +60,8 @@ class PerceptualLoss(nn.Module):
         return self
 
     def forward(self, reconstruction: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-        return (self.network(reconstruction) - self.network(images)).abs().mean()
+        out: torch.Tensor = (self.network(reconstruction) - self.network(images)).abs().mean()
+        return out
 
 
 def _read_state_dict(uri: str, storage: Storage | None) -> dict[str, torch.Tensor]:
@@ -105,7 +109,7 @@ def _vgg19_features(layers: int | None) -> nn.Sequential:
     # (124M) that a whole torchvision.models.vgg19() would allocate and never use here.
     from torchvision.models.vgg import cfgs, make_layers
 
-    features = make_layers(cfgs["E"], batch_norm=False)
+    features: nn.Sequential = make_layers(cfgs["E"], batch_norm=False)
     return features if layers is None else features[:layers]
 
 

@@ -84,7 +84,7 @@ class ModelSpec:
     """
 
     name: str
-    build: Callable[[int, Any], "nn.Module"]
+    build: Callable[[int, Any], nn.Module]
     Params: type
     sizes: str
     accepts: Callable[[int], bool]
@@ -299,5 +299,5 @@ def model_spec(model: nn.Module) -> dict[str, Any]:
     """``{"model", "params", "image_size"}`` of a model made by :func:`build_model`."""
     spec = getattr(model, SPEC_ATTR, None)
     if not isinstance(spec, dict):
-        raise ValueError("model was not built by icas_ray.train.build_model")
+        raise TypeError("model was not built by icas_ray.train.build_model")
     return dict(spec)

@@ -321,9 +321,12 @@ def _training_dataset(files: Sequence[FileInfo], config: TrainConfig,
                       storage: Storage) -> ray.data.Dataset:
     from icas_ray.pipeline.read import listing_dataset, read_bytes_batch
 
+    # Any: Ray Data's map_batches stubs accept no keyword-only UDF parameters (fn_kwargs).
+    read_fn: Any = read_bytes_batch
+    rows_fn: Any = training_rows
     ds = listing_dataset(files, workers=config.workers).map_batches(
-        read_bytes_batch, fn_kwargs={"storage": storage}, batch_format="numpy", num_cpus=0.5,
-    ).map_batches(training_rows, fn_kwargs={"image_size": config.size}, batch_format="numpy",
+        read_fn, fn_kwargs={"storage": storage}, batch_format="numpy", num_cpus=0.5,
+    ).map_batches(rows_fn, fn_kwargs={"image_size": config.size}, batch_format="numpy",
                   num_cpus=0.5)
     if len(files) * config.size ** 2 * 3 <= MATERIALIZE_BYTES:
         # Small enough to keep decoded: every epoch after the first skips reading and decoding.
@@ -361,7 +364,7 @@ def _fit(dataset: ray.data.Dataset, config: TrainConfig, *, storage: Storage, re
     def fit() -> None:
         try:
             trainer.fit()
-        except BaseException as e:  # handed to the caller's thread below
+        except BaseException as e:  # noqa: BLE001 -- re-raised in the caller's thread below
             failure.append(e)
 
     progress.start("train", total=config.epochs)
