@@ -151,12 +151,11 @@ def test_backbone_near_duplicates_closer_and_torch_equal(near_dups):  # type: ig
     within, between, nearest = _within_between(sim, labels)
     assert within > between and nearest == 1.0, (within, between, nearest)
     # images of another size are brought to the input size; batches do not change the result
-    other = get_method("embedding", {**RANDOM, "batch_size": 4})
-    np.testing.assert_allclose(other.extract(images)["embedding"],
-                               other.extract([resize(i, (224, 224)) for i in images])["embedding"],
-                               atol=1e-5)
-    np.testing.assert_allclose(other.extract([resize(i, (224, 224)) for i in images])["embedding"],
-                               emb, atol=1e-4)
+    other = get_method("embedding", {**RANDOM, "batch_size": 2})
+    some = images[:5]
+    resized = other.extract([resize(i, (224, 224)) for i in some])["embedding"]
+    np.testing.assert_allclose(other.extract(some)["embedding"], resized, atol=1e-5)
+    np.testing.assert_allclose(resized, emb[:5], atol=1e-4)
     # one network per process, shared by every instance (the batch size does not matter)
     assert _network(m.params, m.storage)[0] is _network(other.params, other.storage)[0]
 
