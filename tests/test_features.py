@@ -24,9 +24,9 @@ def _images(n: int = 6, size: int = 48) -> np.ndarray:
 
 
 def test_registry_lists_and_rejects():  # type: ignore[no-untyped-def]
-    assert method_names() == ["imagehash", "minhash", "ORB", "SSIM", "TM"]
+    assert method_names() == ["embedding", "imagehash", "minhash", "ORB", "SSIM", "TM"]
     assert get_method("ssim").name == "SSIM"  # case-insensitive
-    with pytest.raises(ConfigError, match="unknown method 'sift': must be one of imagehash, minhash, ORB, SSIM, TM"):
+    with pytest.raises(ConfigError, match="unknown method 'sift': must be one of embedding, imagehash, minhash, ORB, SSIM, TM"):
         get_method("sift")
     with pytest.raises(ConfigError, match="unknown parameter.*hashsize.*valid parameters are hash_size, highfreq_factor"):
         get_method("imagehash", {"hashsize": 8})

@@ -184,7 +184,7 @@ def test_unknown_parameter_lists_the_valid_ones() -> None:
 
 
 @pytest.mark.parametrize("name,values,match", [
-    ("superpixel", {"region_size": "abc"}, r"superpixel parameter region_size='abc' is not a int"),
+    ("superpixel", {"region_size": "abc"}, r"superpixel parameter region_size='abc' is not an integer"),
     ("superpixel", {"region_size": 1}, r"superpixel parameter region_size=1 is invalid: expected >= 2"),
     ("superpixel", {"algorithm": "fast"}, r"must be one of mslic, slic, slico"),
     ("quickshift", {"color_weight": 2}, r"expected 0 <= color_weight <= 1"),

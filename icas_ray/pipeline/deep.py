@@ -168,9 +168,16 @@ def ensure_model(input_uri: str, method_params: Mapping[str, Any], train_options
     from icas_ray.params import build
     from icas_ray.train.trainer import TrainConfig, train
 
-    config = build(TrainConfig, dict(train_options), source="the training options")
+    options = dict(train_options)
+    if "storage" in options:  # icas train's --storage
+        options["storage_uri"] = options.pop("storage")
+    config = build(TrainConfig, options, source="the training options (--train-option)")
+    if config.storage_uri is None:
+        raise ConfigError("--method embedding without --checkpoint or --backbone trains an "
+                          "autoencoder first: say where its checkpoints go with "
+                          "--train-option storage=URI (or give --checkpoint)")
     logger.warning("no --checkpoint or --backbone: training an autoencoder on %s first "
-                   "(icas train; storage %s)", input_uri, config.storage)
+                   "(icas train; checkpoints in %s)", input_uri, config.storage_uri)
     result = train(input_uri, config, storage=storage, resources=resources, progress=progress)
     logger.warning("trained: checkpoint %s", result.checkpoint)
     params["checkpoint"] = result.checkpoint

@@ -13,18 +13,17 @@ Label maps are ``(H, W) int32``: segments numbered from 1, 0 = edge/cut.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import re
-import types
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar, Union
+from typing import Any, TypeVar
 
 import numpy as np
 
 from icas_ray.errors import ConfigError, InputError
+from icas_ray.params import coerce
 
 __all__ = ["ImageTooSmallError", "MinSize", "SegmentMethod", "check_image", "get_method",
            "method_names", "register", "segment"]
@@ -41,65 +40,6 @@ _ALIASES: dict[str, str] = {}  # lower-case name or alias -> canonical name
 def _snake(name: str) -> str:
     """``sigmaColor`` -> ``sigma_color``: the seed's camelCase names keep working."""
     return re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name).lower()
-
-
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """Convert ``value`` (often a CLI string) to the type ``hint`` of a Params field."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (Union, types.UnionType):
-        text = value.strip().lower() if isinstance(value, str) else None
-        if value is None or text in ("", "none", "null"):
-            if type(None) in args:
-                return None
-        inner = [a for a in args if a is not type(None)]
-        if len(inner) == 1:
-            return _coerce(value, inner[0], where)
-        return value
-    if hint is Any or hint is object:
-        return value
-    if isinstance(value, str) and (origin in (tuple, list) or hint in (tuple, list)
-                                   or origin in (dict, Mapping) or hint is dict):
-        text = value.strip()
-        try:
-            value = json.loads(text) if text[:1] in "[{(" else [v for v in text.split(",") if v]
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{where}={value!r} is not valid: expected comma-separated values "
-                              "or JSON, e.g. 10,20,200,220") from e
-    if origin is tuple or hint is tuple:
-        if not isinstance(value, (list, tuple, np.ndarray)):
-            raise ConfigError(f"{where}={value!r} is not a sequence: e.g. 10,20,200,220")
-        if args and args[-1] is Ellipsis:
-            return tuple(_coerce(v, args[0], where) for v in value)
-        if args:
-            if len(value) != len(args):
-                raise ConfigError(f"{where}={value!r} needs {len(args)} values, got {len(value)}")
-            return tuple(_coerce(v, a, where) for v, a in zip(value, args))
-        return tuple(value)
-    if origin in (dict, Mapping) or hint is dict:
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{where}={value!r} is not a mapping: use JSON, e.g. {{\"key\": 1}}")
-        return dict(value)
-    if hint is bool:
-        if isinstance(value, (bool, np.bool_)):
-            return bool(value)
-        text = str(value).strip().lower()
-        if text in ("1", "true", "yes", "on"):
-            return True
-        if text in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"{where}={value!r} is not a boolean: use true or false")
-    if hint in (int, float, str):
-        if hint is int and isinstance(value, float) and not value.is_integer():
-            raise ConfigError(f"{where}={value!r} is not an integer")
-        if isinstance(value, bool) and hint is not str:
-            raise ConfigError(f"{where}={value!r} is not a {hint.__name__}")
-        try:
-            return hint(value)
-        except (TypeError, ValueError) as e:
-            kind = "number" if hint is float else hint.__name__
-            raise ConfigError(f"{where}={value!r} is not a {kind}") from e
-    return value
 
 
 class ImageTooSmallError(InputError):
@@ -205,7 +145,7 @@ class SegmentMethod:
                 f"valid parameters are {', '.join(self.param_names()) or 'none'}"
             )
         hints = typing.get_type_hints(self.params_type)
-        converted = {k: _coerce(v, hints[k], f"{self.name} parameter {k}")
+        converted = {k: coerce(v, hints[k], f"{self.name} parameter {k}")
                      for k, v in renamed.items()}
         try:
             if start is not None:
