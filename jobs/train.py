@@ -1,7 +1,10 @@
 """``ray job submit`` entry point for ``icas train``.
 
-    ray job submit --working-dir . --runtime-env-json '{"pip": ["icas-ray[deep]"]}' \
-        -- python jobs/train.py s3://bucket/images --storage s3://bucket/models/ae --gpu --workers 4
+From the repository root (the working copy carries the package; see jobs/runtime_env.yaml):
+
+    ray job submit --address http://127.0.0.1:8265 --working-dir . \
+        --runtime-env jobs/runtime_env.yaml -- \
+        python jobs/train.py s3://bucket/images --storage s3://bucket/models/ae --gpu --workers 4
 
 Takes the same arguments as ``icas train``; connects to the cluster the job runs on
 (``--address auto`` unless given). Exits non-zero on failure.
