@@ -439,3 +439,15 @@ def test_a_move_killed_in_any_phase_resumes_with_nothing_lost(digits200, tmp_pat
     assert len(pd.read_parquet(os.path.join(out, "manifest.parquet"))) == 60
     left = [n for _, _, names in os.walk(out) for n in names if n.endswith(".tmp") or n == "lock.json"]
     assert left == []
+
+
+def test_gpu_without_a_gpu_is_one_line(digits200, tmp_path):
+    """--gpu asks for GPUs; an embedded Ray on a machine without one says so instead of waiting
+    forever for a GPU that will never come (issue #14: nothing assumes a GPU without --gpu)."""
+    src = _input(digits200, tmp_path, count=10)
+    r = _cli("cluster", src, "--output", str(tmp_path / "out"), "--method", "SSIM",
+             "--threshold", "0.9", "--gpu", "--num-cpus", "2")
+    if "sees no GPU" not in r.stderr and r.returncode == 0:
+        pytest.skip("this machine has a GPU")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert "--gpu: the embedded Ray sees no GPU on this machine" in r.stderr

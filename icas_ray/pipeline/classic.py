@@ -8,8 +8,8 @@
 3. Each complete batch goes to a similarity task, beside the feature workers: its graph,
    clusters and representatives are computed and persisted at once (the checkpoint a rerun
    resumes from).
-4. A merge actor receives every batch's representatives and merges batch clusters across
-   batches (in threads: by then it has its node to itself).
+4. A merge task loads every batch's checkpoint and merges batch clusters across batches (in
+   threads: by then it has its node to itself); a lost node costs a retry, not the job.
 5. Writer tasks copy or move every file into the result layout (idempotently), then the
    manifest, edges, summary and report are written; ``summary.json`` last.
 """
@@ -35,7 +35,7 @@ from icas_ray.pipeline.stages import (
     default_output, failpoint, list_inputs, open_run, run_batches,
 )
 from icas_ray.progress import NullProgress, Progress
-from icas_ray.runtime import ResourceConfig, cluster_gpus
+from icas_ray.runtime import ResourceConfig
 from icas_ray.storage import FileInfo, Storage
 
 __all__ = ["cluster", "default_output"]
@@ -64,28 +64,15 @@ def _batch_task(batch: int, rows: dict[str, np.ndarray], config: ClusterConfig, 
     return result
 
 
-class _MergeActor:
-    """Collects batch results as they finish; merges them when asked."""
-
-    def __init__(self, config: ClusterConfig, threshold: float, use_gpu: bool) -> None:
-        self.config = config
-        self.threshold = threshold
-        self.device = "cuda" if use_gpu else None
-        self.results: dict[int, BatchResult] = {}
-        # Built now, while the batches run, rather than when the merge is waited for.
-        self.method = config.feature_method()
-
-    def add(self, result: BatchResult) -> int:
-        self.results[result.batch] = result
-        return len(self.results)
-
-    def merge(self) -> MergeResult:
-        # The merge runs once the batches are done: it may use every core of its node.
-        return merge_batches(list(self.results.values()), self.method, self.threshold,
-                             strategy=self.config.strategy,
-                             time_limit_s=self.config.time_limit_s, device=self.device,
-                             threads=os.cpu_count() or 1)
-
+def _merge_task(layout: Layout, batches: list[int], config: ClusterConfig, threshold: float,
+                use_gpu: bool) -> MergeResult:
+    """The merge, from the batches' checkpoints on storage: a task Ray retries elsewhere when
+    its node is lost, rebuilding the merge without a manual rerun."""
+    results = Journal(layout).load_checkpoints(set(batches))
+    # The merge runs once the batches are done: it may use every core of its node.
+    return merge_batches(results, config.feature_method(), threshold, strategy=config.strategy,
+                         time_limit_s=config.time_limit_s, device="cuda" if use_gpu else None,
+                         threads=os.cpu_count() or 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,19 +142,15 @@ def _run(input_uri: str, journal: Journal, state: RunState, config: ClusterConfi
     if state.resume and state.batches_done:
         logger.info("resuming: %d of %d batches already done", len(state.batches_done), n_batches)
 
-    merger_cls = ray.remote(_MergeActor).options(num_cpus=0)
-    method = config.feature_method()
-    merger = merger_cls.remote(config, threshold, cluster_gpus() >= 1 and method.has_torch)
     done_before = set(state.batches_done) & set(range(n_batches))
     pending = set(range(n_batches)) - done_before
     if config.option == "merge" and pending:
         raise ConfigError(f"--option merge needs all {n_batches} batch results in {layout.root!r}, "
                           f"{len(pending)} are missing: rerun with --option dontmerge first")
     t = time.monotonic()
-    add_refs = [merger.add.remote(r) for r in journal.load_checkpoints(done_before)]
     computed, refs = run_batches(files, batches, pending, config, threshold, layout, progress,
-                                 batch_task=_batch_task, merger=merger)
-    ray.get(add_refs + refs)
+                                 batch_task=_batch_task)
+    ray.get(refs)
     timings["batches_s"] = time.monotonic() - t
     results = journal.load_checkpoints(set(range(n_batches)))
 
@@ -177,12 +160,14 @@ def _run(input_uri: str, journal: Journal, state: RunState, config: ClusterConfi
         t = time.monotonic()
         failpoint("merge", 1)
         progress.start("merge")
-        merge = ray.get(merger.merge.remote())
+        use_gpu = config.gpu and config.feature_method().has_torch
+        task = ray.remote(_merge_task).options(num_cpus=1, num_gpus=1 if use_gpu else 0,
+                                               max_retries=3)
+        merge = ray.get(task.remote(layout, list(range(n_batches)), config, threshold, use_gpu))
         final = merge.cluster
         timings["merge_s"] = time.monotonic() - t
         progress.finish("merge", f"{merge.representatives} representatives, "
                                  f"{merge.comparisons} comparisons across batches")
-    ray.kill(merger)
 
     summary = {
         "threshold": threshold, "threshold_source": state.threshold_source,

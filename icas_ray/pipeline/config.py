@@ -58,6 +58,9 @@ class ClusterConfig:
             the threshold and connected components.
         cluster_grid: the model's parameter grid, each a list (``{"n_clusters": [5, 10]}``);
             missing parameters take the model's defaults.
+        gpu: the stages that use a GPU (SSIM/TM batch kernels and the merge, embedding
+            actors) ask Ray for one, so an autoscaling cluster adds GPU nodes; False = no GPU
+            is used, even where one is present.
     """
 
     method: str = "imagehash"
@@ -80,6 +83,7 @@ class ClusterConfig:
     feature_compute: str | None = None
     cluster_model: str | None = None
     cluster_grid: Mapping[str, Any] = field(default_factory=dict)
+    gpu: bool = False
 
     def __post_init__(self) -> None:
         check_fields(self)  # ClusterConfig(batch_size="x"): one line naming the key and type

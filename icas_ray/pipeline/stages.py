@@ -113,7 +113,7 @@ _ROWS_PER_UDF_CALL = 64
 
 def run_batches(files: Sequence[FileInfo], batches: np.ndarray, pending: set[int], config: Any,
                 threshold: float | None, layout: Layout, progress: Progress, *,
-                batch_task: Callable[..., Any], merger: Any = None) -> tuple[int, list[Any]]:
+                batch_task: Callable[..., Any]) -> tuple[int, list[Any]]:
     """Features (a Ray Data stage) and per-batch clustering (``batch_task`` in a Ray task per
     complete batch, beside the feature workers) of the pending batches.
 
@@ -125,9 +125,7 @@ def run_batches(files: Sequence[FileInfo], batches: np.ndarray, pending: set[int
         layout: where the batches' checkpoints go.
         progress: receives the features and batches phases.
         batch_task: ``(batch, rows, config, threshold, layout, use_gpu) -> BatchResult``; it
-            persists the batch's checkpoint.
-        merge: an actor whose ``add`` receives each batch result (None: results stay on
-            storage only).
+            persists the batch's checkpoint (where the merge reads it).
 
     Returns:
         The number of batches computed, and the refs to wait for.
@@ -142,9 +140,10 @@ def run_batches(files: Sequence[FileInfo], batches: np.ndarray, pending: set[int
     todo = [files[i] for i in sel]
     expected = {b: int(c) for b, c in zip(*np.unique(batches[sel], return_counts=True))}
     cpus = cluster_cpus()
-    gpus = cluster_gpus()
     method = config.feature_method()
-    use_gpu = gpus >= 1 and method.has_torch
+    # --gpu: the stages that use a GPU ask for one (so an autoscaling cluster adds GPU nodes);
+    # without it nothing assumes a GPU, even where one is present.
+    use_gpu = bool(config.gpu) and method.has_torch
     # Fractional CPUs: a 2-CPU machine must fit feature workers and batch tasks at once
     # (whole-CPU actors deadlock Ray Data there). Half the CPUs go to features; the batch tasks
     # and the driver use the rest. An actor pool is capped (each actor is a process for the job).
@@ -162,6 +161,7 @@ def run_batches(files: Sequence[FileInfo], batches: np.ndarray, pending: set[int
     if config.feature_compute == "actors":
         ds = ds.map_batches(FeatureExtractor, fn_constructor_kwargs=job,
                             batch_size=_ROWS_PER_UDF_CALL, batch_format="numpy", num_cpus=0.5,
+                            num_gpus=0.5 if config.gpu and method.loads_model else 0,
                             compute=ray.data.ActorPoolStrategy(size=workers))
     else:
         # Tasks start in Ray's pooled worker processes; each actor of a pool is a new process
@@ -187,7 +187,7 @@ def run_batches(files: Sequence[FileInfo], batches: np.ndarray, pending: set[int
         order = np.argsort(rows.pop("row"), kind="stable")
         rows = {k: v[order] for k, v in rows.items()}
         ref = batch_fn.remote(b, rows, config, threshold, layout, use_gpu)
-        refs.append(merger.add.remote(ref) if merger is not None else ref)
+        refs.append(ref)
         in_flight.append(ref)
 
     def reap(block: bool) -> None:
@@ -289,4 +289,8 @@ def open_run(input_uri: str, output: str | None, config: Any, storage: Storage,
         journal.clean_leftovers()
         state = journal.prepare(input_uri, config)
         init_ray(resources)
+        if getattr(config, "gpu", False) and (resources is None or resources.address is None) \
+                and cluster_gpus() < 1:
+            raise ConfigError("--gpu: the embedded Ray sees no GPU on this machine: drop --gpu, "
+                              "or run on a cluster with GPU nodes (--address, ray job submit)")
         yield journal, state

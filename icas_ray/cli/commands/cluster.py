@@ -69,6 +69,9 @@ from icas_ray.features import method_names
 @click.option("--train-option", "train_options", multiple=True, metavar="KEY=VALUE",
               help="Options of the training that runs first without --checkpoint, as `icas train` "
                    "names them: storage=URI (required), epochs=20, loss=mse, model=conv_small, ...")
+@click.option("--gpu", is_flag=True, default=None,
+              help="Run the GPU stages (SSIM/TM kernels, the merge, embeddings) on GPUs; on a "
+                   "cluster this asks the autoscaler for GPU nodes.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
               help="TOML/JSON/YAML file with these options; command-line options win.")
 @ray_options
