@@ -205,11 +205,14 @@ def _scenario(store: Any, transfer: str, data: str, kills: int, args: argparse.N
         store.put_dir(data, f"{prefix}-in")
         cmd = ["cluster", store.uri(f"{prefix}-in"), "--output", store.uri(f"{prefix}-out"), *common]
         finished = False
-        for _ in range(6):
+        for k in range(6):
             if landed >= kills:
                 break
             sig = signal.SIGKILL if rng.random() < 0.6 else signal.SIGINT
-            at = rng.uniform(0.3, duration) if rng.random() < 0.66 else rng.uniform(0.6, 1.0) * duration
+            # A resumed run has less left to do: the k-th kill of a round lands in the first
+            # 1/(k+1) of the undisturbed duration (a third of them in its later half).
+            span = duration / (k + 1)
+            at = rng.uniform(0.3, span) if rng.random() < 0.66 else rng.uniform(0.5, 1.0) * span
             code, _, hit, err = _run(cmd, env, at, sig)
             if not hit:
                 if code != 0:
