@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from icas_ray.errors import InputError, StorageError
 from icas_ray.paths import is_inside, join_inside
-from icas_ray.segment.store import _rel
+from icas_ray.segment import relative_path
 from icas_ray.storage import Storage
 
 __all__ = ["Catalog", "ImageEntry", "Refused"]
@@ -65,7 +65,7 @@ class Catalog:
         if not storage.exists(folder):
             raise InputError(f"{folder!r} does not exist: give a folder of images")
         files = storage.list_images(folder, exclude=(output,))
-        self.entries = [ImageEntry(i, _rel(folder, f.uri), f.uri) for i, f in enumerate(files)]
+        self.entries = [ImageEntry(i, relative_path(folder, f.uri), f.uri) for i, f in enumerate(files)]
         if not self.entries:
             raise InputError(f"{folder!r} holds no images (png, jpg, ...): nothing to label")
         self._by_rel = {e.rel: e for e in self.entries}

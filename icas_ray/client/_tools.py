@@ -20,7 +20,7 @@ from icas_ray.client._config import TemplateDirs
 from icas_ray.errors import ConfigError, InputError
 from icas_ray.images import DecodeError, decode
 from icas_ray.segment import Painter, Template
-from icas_ray.segment._labels import partition_labels
+from icas_ray.segment import partition_labels
 from icas_ray.storage import Storage
 
 __all__ = ["grabcut", "load_templates", "paint_templates", "sam_automatic", "sam_predict"]
@@ -107,7 +107,7 @@ def sam_predict(client: Any, image_id: str, body: Mapping[str, Any]) -> dict[str
         body: ``points`` ``[[x, y], ...]`` with ``labels`` (1 fg, 0 bg) and/or ``boxes``
             ``[[x0, y0, x1, y1], ...]``.
     """
-    from icas_ray.serve._codec import decode_mask_png
+    from icas_ray.serve.client import decode_mask_png
 
     points = _points(body.get("points"), "points")
     labels = body.get("labels") or [1] * len(points)
@@ -124,7 +124,7 @@ def sam_predict(client: Any, image_id: str, body: Mapping[str, Any]) -> dict[str
 
 def sam_automatic(client: Any, image_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
     """SAM's automatic masks as the label map to paint on."""
-    from icas_ray.serve._codec import decode_label_png
+    from icas_ray.serve.client import decode_label_png
 
     params = {k: v for k, v in body.items() if k in ("points_per_side", "pred_iou_thresh",
                                                       "stability_score_thresh")}
@@ -132,7 +132,7 @@ def sam_automatic(client: Any, image_id: str, body: Mapping[str, Any]) -> dict[s
     answer = client.automatic(image_id, formats=[], **params)
     labels = decode_label_png(answer["labels_png"]).astype(np.int32)
     if labels.size and int(labels.min()) == 0:  # pixels no mask covers: their own regions
-        from icas_ray.segment._labels import fill_unlabelled
+        from icas_ray.segment import fill_unlabelled
 
         labels = fill_unlabelled(labels)
     out = _labels_answer(labels, 0)

@@ -34,6 +34,7 @@ Example:
 from __future__ import annotations
 
 from icas_ray.segment import methods as _methods  # noqa: F401  (registers the methods)
+from icas_ray.segment._labels import fill_unlabelled, partition_labels
 from icas_ray.segment._registry import (
     SegmentMethod,
     check_image,
@@ -52,6 +53,7 @@ from icas_ray.segment.store import (
     default_output,
     encode_labels,
     read_labels,
+    relative_path,
 )
 
 __all__ = [
@@ -69,15 +71,18 @@ __all__ = [
     "encode_labels",
     "encode_mask",
     "export_masks",
+    "fill_unlabelled",
     "get_method",
     "mask_file_name",
     "match_template",
     "method_names",
     "overlay_boundaries",
     "parse_mask_file_name",
+    "partition_labels",
     "preview_methods",
     "read_labels",
     "register",
+    "relative_path",
     "segment",
     "segment_all",
 ]

@@ -98,7 +98,7 @@ def default_output(input_uri: str) -> str:
     return input_uri.rstrip("/\\") + "_segmented"
 
 
-def _rel(root: str, uri: str) -> str:
+def relative_path(root: str, uri: str) -> str:
     """``uri``'s path below ``root`` as :func:`icas_ray.paths.safe_relpath` makes it: ``/``
     separated, no ``..`` (``%2E%2E`` instead), never empty; a URI outside ``root`` (or the
     root itself, a single image) keeps its file name only."""
@@ -134,7 +134,7 @@ class PresegLayout:
     def relative(self, uri: str) -> str:
         """The image's sanitised path relative to the input (``sub/a.jpg``; ``..`` parts of a
         hostile name become ``%2E%2E``, backslashes separate): the key of a stored result."""
-        return _rel(self.input, uri)
+        return relative_path(self.input, uri)
 
     def labels_uri(self, uri: str, suffix: str = LABELS_PNG) -> str:
         """Where the label map of image ``uri`` is stored (checked to lie inside ``folder``).
@@ -166,7 +166,7 @@ class PresegLayout:
             return set()
         found = set()
         for f in storage.list_files(self.folder):
-            rel = _rel(self.folder, f.uri)
+            rel = relative_path(self.folder, f.uri)
             for suffix in (LABELS_PNG, LABELS_NPZ):
                 if rel.endswith(suffix):
                     found.add(rel[: -len(suffix)])

@@ -22,7 +22,7 @@ from icas_ray.errors import IcasError
 from icas_ray.sam._embedding import content_id
 from icas_ray.serve._codec import decode_label_png, decode_mask_png
 
-__all__ = ["SamClient", "SamServiceError", "MULTIPLEX_HEADER"]
+__all__ = ["MULTIPLEX_HEADER", "SamClient", "SamServiceError", "decode_label_png", "decode_mask_png"]
 
 logger = logging.getLogger(__name__)
 
