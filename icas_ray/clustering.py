@@ -200,15 +200,20 @@ def process_batch(batch: int, *, uris: Sequence[str], sizes: np.ndarray, status:
 
 def batch_from_labels(batch: int, *, uris: Sequence[str], sizes: np.ndarray, status: np.ndarray,
                       error: np.ndarray, labels: np.ndarray, features: Features,
-                      merge_reps: int = 1, merge_outliers: bool = True) -> BatchResult:
+                      merge_outliers: bool = True) -> BatchResult:
     """A batch clustered by a model (the deep pipeline) as a :class:`BatchResult`.
 
     Args:
         labels: ``(R,) int`` the model's label of each readable file (in batch order),
             ``-1`` for noise. Clusters of one file become outliers, and clusters are
             renumbered by first member, as connected components are.
-        features: features of the readable files, in batch order.
-        Other arguments: as :func:`process_batch`.
+        features: features of the readable files, in batch order (vectors).
+        merge_outliers: carry outliers into the merge as their own representatives.
+
+    Each batch cluster is represented in the merge by one vector, the mean of its members'
+    (its first member names it): a model clustering the representatives then places each
+    batch cluster once, where several members apiece would chain clusters together through
+    members that land in different groups.
     """
     status = np.asarray(status, dtype=object)
     ok = np.flatnonzero(status == "ok")
@@ -217,17 +222,28 @@ def batch_from_labels(batch: int, *, uris: Sequence[str], sizes: np.ndarray, sta
     comp = np.where(model >= 0, model, model.max(initial=-1) + 1 + np.arange(len(model)))
     out = np.full(len(uris), UNREADABLE, np.int32)
     out[ok] = cluster_labels(np.unique(comp, return_inverse=True)[1])
-    rep_local, rep_unit = representatives(out[ok], per_cluster=merge_reps,
-                                          include_outliers=merge_outliers)
+    rep_local, rep_unit = representatives(out[ok], per_cluster=1, include_outliers=merge_outliers)
+    rep_features = take_features(features, rep_local) if len(rep_local) else \
+        {k: v[:0] for k, v in features.items()}
+    n_clusters = int(out[ok].max(initial=-1)) + 1
+    for key, value in rep_features.items():
+        if n_clusters and np.issubdtype(value.dtype, np.floating):
+            sums = np.zeros((n_clusters,) + value.shape[1:], np.float64)
+            member = out[ok] >= 0
+            np.add.at(sums, out[ok][member], features[key][member])
+            centroids = sums / np.bincount(out[ok][member], minlength=n_clusters).reshape(
+                (-1,) + (1,) * (value.ndim - 1))
+            value = value.copy()
+            is_cluster = rep_unit < n_clusters
+            value[is_cluster] = centroids[rep_unit[is_cluster]].astype(value.dtype)
+            rep_features[key] = value
     empty = np.zeros(0, np.int64)
     return BatchResult(
         batch=batch, uris=np.asarray(uris, dtype=object), sizes=np.asarray(sizes, np.int64),
         status=status, error=np.asarray(error, dtype=object), labels=out,
         edge_a=empty, edge_b=empty, edge_sim=np.zeros(0, np.float32),
         comparisons=0, possible=0, complete=True,
-        rep_index=ok[rep_local], rep_unit=rep_unit,
-        rep_features=take_features(features, rep_local) if len(rep_local) else
-        {k: v[:0] for k, v in features.items()},
+        rep_index=ok[rep_local], rep_unit=rep_unit, rep_features=rep_features,
     )
 
 

@@ -31,10 +31,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--model", default="conv_small")
-    parser.add_argument("--cluster-model", default="kmeans")
-    parser.add_argument("--grid", default="n_clusters=8,10,12,16")
+    parser.add_argument("--models", default="HDBSCAN:,kmeans:n_clusters=8,10,12,16",
+                        help="comma-separated MODEL:GRID, GRID as for --grid (empty = defaults)")
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--out", default=BENCHMARKS, help="output folder (default benchmarks/)")
+
+
+def _model_specs(text: str) -> list[tuple[str, str]]:
+    """``"HDBSCAN:,kmeans:n_clusters=8,10"`` -> ``[("HDBSCAN", ""), ("kmeans", "n_clusters=8,10")]``
+    (a new spec starts at each ``NAME:``)."""
+    import re
+
+    return [(m.group(1), m.group(2).strip(",")) for m in
+            re.finditer(r"([A-Za-z]+):([^:]*?)(?=,[A-Za-z]+:|$)", text)]
 
 
 def _icas(*args: str) -> tuple[float, str]:
@@ -77,10 +86,13 @@ def run(args: argparse.Namespace) -> int:
                  "wall_s": round(train_s, 1), "ari": None})
     checkpoint = os.path.join(models, "best.pt")
     common = ["--batch-size", str(args.batch_size)]
-    for label, extra in (
-            (f"embedding + {args.cluster_model} over {args.grid}",
-             ["--cluster-model", args.cluster_model, "--grid", args.grid]),
-            ("embedding + suggested threshold", [])):
+    runs = []
+    for item in _model_specs(args.models):
+        model, grid = item
+        runs.append((f"embedding + {model}" + (f" over {grid}" if grid else " (default grid)"),
+                     ["--cluster-model", model] + (["--grid", grid] if grid else [])))
+    runs.append(("embedding + suggested threshold", []))
+    for label, extra in runs:
         out = os.path.join(work, f"out-{len(rows)}")
         wall, _ = _icas("cluster", data, "--output", out, "--method", "embedding",
                         "--checkpoint", checkpoint, *extra, *common)

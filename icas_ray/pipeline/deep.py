@@ -71,7 +71,7 @@ def _deep_batch_task(batch: int, rows: dict[str, np.ndarray], config: ClusterCon
     result = batch_from_labels(
         batch, uris=list(rows["uri"]), sizes=rows["size"], status=rows["status"],
         error=rows["error"], labels=labels, features=features,
-        merge_reps=config.representatives_per_cluster(), merge_outliers=config.merge_mode == "full")
+        merge_outliers=config.merge_mode == "full")
     st = layout.storage
     st.write_text(_choice_uri(layout, batch), json.dumps(chosen, default=str))
     st.write_bytes(layout.batch_checkpoint(batch), result.to_bytes())  # last: marks it done
