@@ -50,7 +50,7 @@ def _command_path(args: list[str]) -> tuple[list[str], list[str]]:
 
 def test_readme_lists_commands():  # type: ignore[no-untyped-def]
     paths = {tuple(_command_path(c)[0][:1]) for c in _readme_commands()}
-    for name in ("cluster", "threshold", "datasets", "segment", "serve"):
+    for name in ("cluster", "threshold", "datasets", "segment", "serve", "label", "train"):
         assert (name,) in paths, f"README has no example of icas {name}"
 
 
