@@ -9,10 +9,10 @@ import os
 import shlex
 import subprocess
 import sys
-import tomllib
 import zipfile
 
 import pytest
+import tomllib
 import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
@@ -209,6 +209,6 @@ def test_no_registry_install_of_icas_ray(path: str) -> None:
 def test_job_entry_points_show_help():  # type: ignore[no-untyped-def]
     for job in ("cluster.py", "segment.py", "embed.py"):
         r = subprocess.run([sys.executable, os.path.join(ROOT, "jobs", job), "--help"],
-                           capture_output=True, text=True, timeout=60)
+                           capture_output=True, text=True, timeout=60, check=False)
         assert r.returncode == 0, r.stderr
         assert "Usage:" in r.stdout
