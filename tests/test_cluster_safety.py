@@ -451,3 +451,22 @@ def test_gpu_without_a_gpu_is_one_line(digits200, tmp_path):
         pytest.skip("this machine has a GPU")
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert "--gpu: the embedded Ray sees no GPU on this machine" in r.stderr
+
+
+@pytest.mark.s3
+def test_an_s3_move_killed_after_its_transfers_resumes(s3_server, s3_bucket, digits200, tmp_path):
+    """A move that emptied an S3 input (an empty prefix does not exist) and was killed before
+    its tables resumes from the saved listing (found by bench.py chaos)."""
+    client = s3_server.client()
+    names = sorted(n for n in os.listdir(digits200) if n.endswith(".png"))[:12]
+    for n in names:
+        client.put_object(Bucket=s3_bucket, Key=f"in/{n}", Body=open(os.path.join(digits200, n), "rb").read())
+    args = ["cluster", f"s3://{s3_bucket}/in", "--output", f"s3://{s3_bucket}/out", "--transfer",
+            "move", "--threshold", "0.84", "--num-cpus", "2", *s3_server.cli_options()]
+    r = _cli(*args, env={"ICAS_FAILPOINT": "tables:1"})
+    assert r.returncode == 75, r.stderr[-2000:]
+    assert "Contents" not in client.list_objects_v2(Bucket=s3_bucket, Prefix="in/")
+    r = _cli(*args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=s3_bucket, Prefix="out/results/")["Contents"]]
+    assert sorted(os.path.basename(k) for k in keys) == names

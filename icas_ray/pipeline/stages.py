@@ -280,11 +280,13 @@ def open_run(input_uri: str, output: str | None, config: Any, storage: Storage,
     Everything a user can fix fails here, with one line, before Ray starts.
     """
     output = normalise_output(output or default_output(input_uri))
-    if not storage.exists(input_uri) and config.option != "merge":
-        storage.list_images(input_uri)  # raises the one-line error for a missing path/bucket
     check_paths(input_uri, output, storage)
     journal = Journal(Layout(output, storage))
     journal.check_output()
+    # A move can empty the input (on S3 an empty prefix does not exist): an unfinished run
+    # resumes from its saved listing all the same.
+    if not storage.exists(input_uri) and config.option != "merge" and journal.state() is None:
+        storage.list_images(input_uri)  # raises the one-line error for a missing path/bucket
     with RunLock(journal.layout).held():
         journal.clean_leftovers()
         state = journal.prepare(input_uri, config)
