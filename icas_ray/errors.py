@@ -32,4 +32,4 @@ class ModelLoadError(IcasError):
 
 def missing_extra(package: str, extra: str) -> ConfigError:
     """The error for an optional dependency that is not installed."""
-    return ConfigError(f"{package} is not installed: pip install 'icas-ray[{extra}]'")
+    return ConfigError(f"{package} is not installed: pip install -e '.[{extra}]' in the icas-ray checkout")

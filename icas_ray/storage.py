@@ -236,7 +236,7 @@ class Storage:
             try:
                 import s3fs  # noqa: F401
             except ImportError as e:
-                raise ConfigError("s3:// needs s3fs: pip install 'icas-ray[cluster]'") from e
+                raise ConfigError("s3:// needs s3fs: pip install -e '.[cluster]' in the icas-ray checkout") from e
             # Listings must reflect writes made by other processes (Ray workers) at once.
             return fsspec.filesystem("s3", use_listings_cache=False, skip_instance_cache=True,
                                      **self.options.s3_kwargs())

@@ -108,7 +108,7 @@ def _import_sam() -> Any:
     try:
         import segment_anything.modeling as modeling
     except ImportError as e:
-        raise ConfigError("segment_anything is not installed: pip install 'icas-ray[serve]'") from e
+        raise ConfigError("segment_anything is not installed: pip install -e '.[serve]' in the icas-ray checkout") from e
     return modeling
 
 
