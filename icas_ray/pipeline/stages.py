@@ -238,7 +238,7 @@ def normalise_output(output: str) -> str:
     return output.rstrip("/")
 
 
-def check_paths(input_uri: str, output: str, storage: Storage) -> None:
+def check_paths(input_uri: str, output: str) -> None:
     """Refuse an output inside the input (or the reverse), compared on resolved paths (a
     symlink cannot hide it), before anything is written or Ray starts."""
     if is_inside(input_uri, output):
@@ -249,7 +249,9 @@ def check_paths(input_uri: str, output: str, storage: Storage) -> None:
 
 
 def list_inputs(input_uri: str, journal: Journal, config: Any, resume: bool,
-             progress: Progress) -> tuple[Listing, np.ndarray]:
+                progress: Progress) -> tuple[Listing, np.ndarray]:
+    """The images to cluster, sorted by size and cut into batches (saved in the journal), or
+    the saved listing of the run being resumed."""
     progress.start("listing")
     saved = journal.load_listing() if resume else None
     if saved is not None:
@@ -280,7 +282,7 @@ def open_run(input_uri: str, output: str | None, config: Any, storage: Storage,
     Everything a user can fix fails here, with one line, before Ray starts.
     """
     output = normalise_output(output or default_output(input_uri))
-    check_paths(input_uri, output, storage)
+    check_paths(input_uri, output)
     journal = Journal(Layout(output, storage))
     journal.check_output()
     # A move can empty the input (on S3 an empty prefix does not exist): an unfinished run
