@@ -25,14 +25,13 @@ from typing import Any
 import numpy as np
 
 from icas_ray.clustering import BatchResult, MergeResult, merge_batches, process_batch
-from icas_ray.errors import ConfigError
 from icas_ray.features import Features
 from icas_ray.output import Layout
 from icas_ray.pipeline.config import ClusterConfig
 from icas_ray.pipeline.journal import Journal, RunState
 from icas_ray.pipeline.results import write_results
 from icas_ray.pipeline.stages import (
-    default_output, failpoint, list_inputs, open_run, run_batches,
+    default_output, failpoint, list_inputs, open_run, pending_batches, run_batches,
 )
 from icas_ray.progress import NullProgress, Progress
 from icas_ray.runtime import ResourceConfig
@@ -139,14 +138,7 @@ def _run(input_uri: str, journal: Journal, state: RunState, config: ClusterConfi
         timings["threshold_s"] = time.monotonic() - t
     threshold = float(state.threshold)
     journal.save_state(state, input_uri, config)
-    if state.resume and state.batches_done:
-        logger.info("resuming: %d of %d batches already done", len(state.batches_done), n_batches)
-
-    done_before = set(state.batches_done) & set(range(n_batches))
-    pending = set(range(n_batches)) - done_before
-    if config.option == "merge" and pending:
-        raise ConfigError(f"--option merge needs all {n_batches} batch results in {layout.root!r}, "
-                          f"{len(pending)} are missing: rerun with --option dontmerge first")
+    done_before, pending = pending_batches(state, config, n_batches, layout.root)
     t = time.monotonic()
     computed, refs = run_batches(files, batches, pending, config, threshold, layout, progress,
                                  batch_task=_batch_task)

@@ -34,7 +34,7 @@ from icas_ray.output import Layout
 from icas_ray.pipeline.config import ClusterConfig
 from icas_ray.pipeline.journal import Journal, RunState
 from icas_ray.pipeline.results import write_results
-from icas_ray.pipeline.stages import failpoint, list_inputs, run_batches
+from icas_ray.pipeline.stages import failpoint, list_inputs, pending_batches, run_batches
 from icas_ray.progress import Progress
 from icas_ray.storage import Storage
 
@@ -107,13 +107,7 @@ def run_deep(input_uri: str, journal: Journal, state: RunState, config: ClusterC
     timings["listing_s"] = time.monotonic() - t
     n_batches = int(batches.max()) + 1
     journal.save_state(state, input_uri, config)
-    done_before = set(state.batches_done) & set(range(n_batches))
-    pending = set(range(n_batches)) - done_before
-    if state.resume and done_before:
-        logger.info("resuming: %d of %d batches already done", len(done_before), n_batches)
-    if config.option == "merge" and pending:
-        raise ConfigError(f"--option merge needs all {n_batches} batch results in {layout.root!r}, "
-                          f"{len(pending)} are missing: rerun with --option dontmerge first")
+    done_before, pending = pending_batches(state, config, n_batches, layout.root)
     t = time.monotonic()
     computed, refs = run_batches(files, batches, pending, config, None, layout, progress,
                                  batch_task=_deep_batch_task)

@@ -32,7 +32,7 @@ from icas_ray.runtime import ResourceConfig, cluster_cpus, cluster_gpus, init_ra
 from icas_ray.storage import FileInfo, Listing, Storage
 
 __all__ = ["FeatureExtractor", "check_paths", "default_output", "extract_task", "failpoint",
-           "list_inputs", "normalise_output", "open_run", "run_batches"]
+           "list_inputs", "normalise_output", "open_run", "pending_batches", "run_batches"]
 
 logger = logging.getLogger(__name__)
 
@@ -271,6 +271,18 @@ def list_inputs(input_uri: str, journal: Journal, config: Any, resume: bool,
         logger.warning("not listed: %s (%s)", uri, why)
     progress.finish("listing", f"{len(listing.files)} images in {int(batches.max()) + 1} batches{unlisted}")
     return listing, batches
+
+
+def pending_batches(state: RunState, config: Any, n_batches: int, root: str) -> tuple[set[int], set[int]]:
+    """``(done before, to compute)`` batch numbers of a run (``--option merge`` needs none left)."""
+    done = set(state.batches_done) & set(range(n_batches))
+    pending = set(range(n_batches)) - done
+    if state.resume and done:
+        logger.info("resuming: %d of %d batches already done", len(done), n_batches)
+    if config.option == "merge" and pending:
+        raise ConfigError(f"--option merge needs all {n_batches} batch results in {root!r}, "
+                          f"{len(pending)} are missing: rerun with --option dontmerge first")
+    return done, pending
 
 
 @contextmanager
