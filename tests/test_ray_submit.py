@@ -72,7 +72,7 @@ def _partition(manifest) -> set[frozenset[str]]:  # type: ignore[no-untyped-def]
 
 
 def _stop(head: subprocess.Popen) -> None:  # type: ignore[type-arg]
-    """Stop the cluster this test started, by its process group (never `ray stop`)."""
+    """Stop the cluster this test started, by its process group (never the stop-everything CLI)."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(head.pid, sig)
