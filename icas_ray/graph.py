@@ -38,7 +38,7 @@ import numpy as np
 
 from icas_ray.errors import ConfigError
 
-__all__ = ["STRATEGIES", "EdgeSet", "build_edges", "cluster_labels", "components"]
+__all__ = ["STRATEGIES", "EdgeSet", "build_edges", "cluster_labels", "components", "find_roots"]
 
 STRATEGIES = ("exhaustive", "connected", "pruned")
 
@@ -107,7 +107,7 @@ def _upper(k: int) -> np.ndarray:
     return m
 
 
-def _find(parent: np.ndarray, x: np.ndarray) -> np.ndarray:
+def find_roots(parent: np.ndarray, x: np.ndarray) -> np.ndarray:
     """Roots of ``x`` in a union-find forest (vectorized; halves paths as it goes)."""
     root: np.ndarray = parent[x]
     while True:
@@ -196,8 +196,8 @@ def build_edges(n: int, kernel: Kernel, threshold: float, *, strategy: str = "ex
                 cols = cols[groups[cols] != groups[i]]
             if len(cols) == 0:
                 continue
-            ri = _find(parent, unit[i:i + 1])[0]
-            cols = cols[_find(parent, unit[cols]) != ri]
+            ri = find_roots(parent, unit[i:i + 1])[0]
+            cols = cols[find_roots(parent, unit[cols]) != ri]
             if len(cols) == 0:
                 continue
             # Slices where possible: the kernel then reads the features without copying them.
@@ -208,7 +208,7 @@ def build_edges(n: int, kernel: Kernel, threshold: float, *, strategy: str = "ex
             if len(hit) == 0:
                 continue
             # Keep one edge per component joined (the first), then merge them all into i's.
-            roots = _find(parent, unit[cols[hit]])
+            roots = find_roots(parent, unit[cols[hit]])
             _, first = np.unique(roots, return_index=True)
             keep = hit[np.sort(first)]
             ea.append(np.full(len(keep), i))
@@ -253,7 +253,7 @@ def components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     root under the smaller, then paths are compressed, until no edge joins two roots. Each
     round removes at least one root; on real graphs a few rounds do. (scipy's csgraph costs
     more in building its sparse matrix than this on a batch's few thousand edges.) Unlike
-    :func:`_find`, which looks up a few roots at a time for the connected strategy, every
+    :func:`find_roots`, which looks up a few roots at a time for the connected strategy, every
     round here compresses the whole forest at once, which costs less than finding the edges'
     roots one by one.
     """

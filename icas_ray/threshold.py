@@ -25,23 +25,17 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-from icas_ray.features import FeatureMethod, concat_features
-from icas_ray.graph import _find
-from icas_ray.images import DecodeError, decode
-from icas_ray.storage import FileInfo, Storage
+from icas_ray.features import FeatureMethod
+from icas_ray.graph import find_roots
+from icas_ray.storage import FileInfo
 
-__all__ = ["RULE", "SampleSimilarities", "sample_files", "sample_similarities", "suggest_threshold",
+__all__ = ["RULE", "SampleSimilarities", "sample_files", "similarities", "suggest_threshold",
            "threshold_curve", "render_threshold_html"]
 
 logger = logging.getLogger(__name__)
-
-#: Expensive methods sample fewer images unless asked otherwise (pairs grow quadratically).
-_EXPENSIVE_SAMPLE_CAP = 300
-
 
 @dataclass
 class SampleSimilarities:
@@ -73,52 +67,26 @@ def sample_files(files: Sequence[FileInfo], n: int) -> list[FileInfo]:
     return [ordered[i] for i in idx]
 
 
-def _features_task(uris: list[str], method: FeatureMethod, read: Any, storage: Storage,
-                   ) -> tuple[list[str], dict[str, np.ndarray]]:
-    from icas_ray.errors import IcasError
-
-    ok, images = [], []
-    for uri in uris:
-        try:
-            images.append(decode(storage.read_bytes(uri), read))
-            ok.append(uri)
-        except (DecodeError, OSError, IcasError):
-            continue
-    return ok, method.extract(images) if images else {}
-
-
-def sample_similarities(files: Sequence[FileInfo], config: Any, *, storage: Storage,
-                        sample: int | None = None) -> SampleSimilarities:
-    """Similarities of all pairs of a sample (features computed in Ray tasks).
+def similarities(uris: Sequence[str], features: dict[str, np.ndarray], method: FeatureMethod,
+                 n_total: int) -> SampleSimilarities:
+    """Similarities of all pairs of the sampled images whose ``features`` were extracted.
 
     Args:
-        files: the whole listing.
-        config: a :class:`~icas_ray.pipeline.config.ClusterConfig` (method, read size).
-        storage: storage for reading.
-        sample: sample size (default ``config.threshold_sample``; expensive methods at most 300
-            unless given).
-    """
-    import ray
+        uris: the sampled images that could be read, in the order of ``features``.
+        features: their features (``method``'s extraction).
+        method: scores the pairs.
+        n_total: number of images in the whole listing.
 
-    method = config.feature_method()
-    n = sample or config.threshold_sample
-    if sample is None and not method.cheap:
-        n = min(n, _EXPENSIVE_SAMPLE_CAP)
-    chosen = [f.uri for f in sample_files(files, n)]
-    task = ray.remote(_features_task).options(num_cpus=0.5)
-    chunk = 32
-    refs = [task.remote(chosen[i:i + chunk], method, config.read_config(), storage)
-            for i in range(0, len(chosen), chunk)]
-    parts = ray.get(refs)
-    uris = [u for ok, _ in parts for u in ok]
-    feats = concat_features([f for _, f in parts if f])
+    Raises:
+        InputError: fewer than two images could be read.
+    """
     if len(uris) < 2:
         _raise_few(len(uris))
-    matrix = method.pairwise(feats, feats).astype(np.float32)
+    matrix = method.pairwise(features, features).astype(np.float32)
     np.fill_diagonal(matrix, -np.inf)
     iu = np.triu_indices(len(uris), 1)
     return SampleSimilarities(values=matrix[iu], nearest=matrix.max(axis=1), matrix=matrix,
-                              uris=uris, n_images=len(uris), n_total=len(files))
+                              uris=list(uris), n_images=len(uris), n_total=n_total)
 
 
 def _raise_few(n: int) -> None:
@@ -184,7 +152,7 @@ def _agreement_by_cut(a: np.ndarray, b: np.ndarray, groups: np.ndarray) -> np.nd
     linked = np.empty(len(a), np.float64)  # pairs in one component
     both = linked_sum = 0
     for k, (x, y) in enumerate(zip(a.tolist(), b.tolist())):
-        rx, ry = _find(parent, np.array((x, y))).tolist()  # a tree edge joins two components
+        rx, ry = find_roots(parent, np.array((x, y))).tolist()  # a tree edge joins two components
         both += int(held[rx] @ held[ry])
         linked_sum += int(size[rx] * size[ry])
         parent[ry] = rx

@@ -80,7 +80,8 @@ def _merge_task(layout: Layout, batches: list[int], config: ClusterConfig, thres
 
 def _suggest_threshold(files: Sequence[FileInfo], config: ClusterConfig, storage: Storage,
                        progress: Progress) -> float:
-    from icas_ray.threshold import sample_similarities, suggest_threshold
+    from icas_ray.pipeline.sample import sample_similarities
+    from icas_ray.threshold import suggest_threshold
 
     progress.start("threshold", min(len(files), config.threshold_sample))
     sims = sample_similarities(files, config, storage=storage)

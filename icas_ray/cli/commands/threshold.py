@@ -41,8 +41,9 @@ def command(input_uri: str, method: str, params: tuple[str, ...], sample: int | 
     """
     from icas_ray.pipeline.config import ClusterConfig
     from icas_ray.runtime import init_ray
+    from icas_ray.pipeline.sample import sample_similarities
     from icas_ray.threshold import (
-        RULE, render_threshold_html, sample_similarities, suggest_threshold, threshold_curve,
+        RULE, render_threshold_html, suggest_threshold, threshold_curve,
     )
 
     config = ClusterConfig(method=method, method_params=parse_key_values(params), size=size, sniff=sniff,
