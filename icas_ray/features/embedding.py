@@ -28,20 +28,17 @@ Example:
 
 from __future__ import annotations
 
-import io
 import logging
 import os
-import pickle
 import re
 import threading
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from icas_ray.errors import ConfigError, InputError, ModelLoadError, StorageError
+from icas_ray.errors import ConfigError, ModelLoadError
 from icas_ray.features._base import FeatureMethod, Features, positive_int, register
 from icas_ray.images import ReadConfig, resize
 from icas_ray.storage import Storage
@@ -222,24 +219,10 @@ def _checkpoint_meta(uri: str, storage: Storage) -> dict[str, Any]:
 
 
 def _read_state_dict(uri: str, backbone: str, storage: Storage) -> dict[str, Any]:
-    import torch
+    from icas_ray.train.checkpoint import read_state_dict
 
-    try:
-        data = storage.read_bytes(uri)
-    except (InputError, StorageError, OSError) as e:
-        raise ModelLoadError(f"backbone weights {uri!r} cannot be read ({e}): "
-                             f"{_weights_hint(backbone)}") from e
-    try:
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError,
-            AttributeError, TypeError) as e:
-        raise ModelLoadError(f"backbone weights {uri!r} are corrupt or not a torch state_dict "
-                             f"({type(e).__name__}): {_weights_hint(backbone)}") from e
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ModelLoadError(f"backbone weights {uri!r} are not a state_dict: {_weights_hint(backbone)}")
-    return state
+    return read_state_dict(uri, storage=storage, what="backbone weights",
+                           hint=_weights_hint(backbone))
 
 
 def _headless(backbone: str) -> Any:

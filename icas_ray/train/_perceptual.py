@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import importlib
-import io
 import logging
-import pickle
-import zipfile
 from typing import Any
 
 import torch
 from torch import nn
 
-from icas_ray.errors import ConfigError, InputError, ModelLoadError, StorageError
+from icas_ray.errors import ConfigError, ModelLoadError
 from icas_ray.storage import Storage
 from icas_ray.train.losses import WEIGHTS_HINT, PerceptualParams
 
@@ -65,23 +62,9 @@ class PerceptualLoss(nn.Module):
 
 
 def _read_state_dict(uri: str, storage: Storage | None) -> dict[str, torch.Tensor]:
-    storage = storage or Storage()
-    try:
-        data = storage.read_bytes(uri)
-    except (InputError, StorageError, OSError) as e:
-        raise ModelLoadError(f"perceptual weights {uri!r} cannot be read ({e}): "
-                             f"{WEIGHTS_HINT}") from e
-    try:
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError,
-            AttributeError, TypeError) as e:
-        raise ModelLoadError(f"perceptual weights {uri!r} are corrupt or not a torch state_dict "
-                             f"({type(e).__name__}): {WEIGHTS_HINT}") from e
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ModelLoadError(f"perceptual weights {uri!r} are not a state_dict: {WEIGHTS_HINT}")
-    return state
+    from icas_ray.train.checkpoint import read_state_dict
+
+    return read_state_dict(uri, storage=storage, what="perceptual weights", hint=WEIGHTS_HINT)
 
 
 def _load_into(net: nn.Module, state: dict[str, torch.Tensor], uri: str, *,

@@ -120,6 +120,38 @@ def read_checkpoint(uri: str, *, storage: Storage | None = None) -> dict[str, An
     return blob
 
 
+def read_state_dict(uri: str, *, storage: Storage | None = None, what: str = "weights",
+                    hint: str = "") -> dict[str, Any]:
+    """A torch ``state_dict`` from a file or URI, loaded on the CPU with ``weights_only``
+    (a ``{"state_dict": ...}`` wrapper is unwrapped).
+
+    Args:
+        uri: local path or ``s3://`` URI.
+        storage: storage to read with (default ``Storage()``).
+        what: names the file in errors ("backbone weights").
+        hint: how to get a right file, appended to errors.
+
+    Raises:
+        ModelLoadError: the file cannot be read, is corrupt, or holds no state_dict.
+    """
+    storage = storage or Storage()
+    try:
+        data = storage.read_bytes(uri)
+    except (InputError, StorageError, OSError) as e:
+        raise ModelLoadError(f"{what} {uri!r} cannot be read ({e}): {hint}") from e
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError,
+            AttributeError, TypeError) as e:
+        raise ModelLoadError(f"{what} {uri!r} are corrupt or not a torch state_dict "
+                             f"({type(e).__name__}): {hint}") from e
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ModelLoadError(f"{what} {uri!r} are not a state_dict: {hint}")
+    return state
+
+
 def _exists(storage: Storage, uri: str) -> bool:
     try:
         return storage.exists(uri)
