@@ -93,6 +93,9 @@ def test_move_resumed_beside_a_planted_file_keeps_both(digits200, tmp_path, rela
             "--batch-size", "40", "--num-cpus", "2", "--config", str(conf)]
     r = _cli(*args, env={"ICAS_FAILPOINT": "transfers:1"}, cwd=str(tmp_path))
     assert r.returncode == 75, r.stderr[-2000:]
+    # Writer tasks in flight when the driver died may still finish their group: let them end
+    # before picking a destination that is still free (else the planted file races them).
+    time.sleep(5)
     plan = pd.read_parquet(os.path.join(out_abs, "_icas", "plan_all.parquet"))
     waiting = [(s, d) for s, d in zip(plan.src, plan.dst) if os.path.exists(s) and not os.path.exists(d)]
     assert waiting, "the failpoint left nothing to do"
