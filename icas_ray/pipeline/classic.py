@@ -25,13 +25,20 @@ from typing import Any
 import numpy as np
 
 from icas_ray.clustering import BatchResult, MergeResult, merge_batches, process_batch
+from icas_ray.errors import ConfigError
 from icas_ray.features import Features
 from icas_ray.output import Layout
 from icas_ray.pipeline.config import ClusterConfig
 from icas_ray.pipeline.journal import Journal, RunState
 from icas_ray.pipeline.results import write_results
 from icas_ray.pipeline.stages import (
-    default_output, failpoint, list_inputs, open_run, pending_batches, run_batches,
+    ThresholdSample,
+    default_output,
+    failpoint,
+    list_inputs,
+    open_run,
+    pending_batches,
+    run_batches,
 )
 from icas_ray.progress import NullProgress, Progress
 from icas_ray.runtime import ResourceConfig
@@ -78,17 +85,31 @@ def _merge_task(layout: Layout, batches: list[int], config: ClusterConfig, thres
 # Driver
 
 
-def _suggest_threshold(files: Sequence[FileInfo], config: ClusterConfig, storage: Storage,
-                       progress: Progress) -> float:
-    from icas_ray.pipeline.sample import sample_similarities
-    from icas_ray.threshold import suggest_threshold
+def _threshold_sample(files: Sequence[FileInfo], config: ClusterConfig, journal: Journal,
+                      state: RunState, input_uri: str, progress: Progress,
+                      timings: dict[str, float]) -> ThresholdSample:
+    """The sample the threshold is suggested from, out of the main feature pass; deciding it
+    records it in the run's state (a resumed run keeps it)."""
+    from icas_ray.pipeline.sample import sample_size
+    from icas_ray.threshold import sample_files, similarities, suggest_threshold
 
-    progress.start("threshold", min(len(files), config.threshold_sample))
-    sims = sample_similarities(files, config, storage=storage)
-    suggestion = suggest_threshold(sims.matrix, config.feature_method())
-    progress.finish("threshold", f"no --threshold given: using the suggested {suggestion:.4f} "
-                                 f"(from {sims.n_images} sampled images; see `icas threshold`)")
-    return suggestion
+    method = config.feature_method()
+    chosen = {f.uri for f in sample_files(files, sample_size(method, config))}
+    rows = np.array([i for i, f in enumerate(files) if f.uri in chosen], dtype=np.int64)
+    progress.start("threshold", len(rows))
+
+    def decide(uris: list[str], features: Features) -> float:
+        t = time.monotonic()
+        sims = similarities(uris, features, method, len(files))
+        state.threshold = suggestion = suggest_threshold(sims.matrix, method)
+        state.threshold_source = "suggested"
+        journal.save_state(state, input_uri, config)
+        timings["threshold_s"] = round(time.monotonic() - t, 3)
+        progress.finish("threshold", f"no --threshold given: using the suggested {suggestion:.4f} "
+                                     f"(from {sims.n_images} sampled images; see `icas threshold`)")
+        return suggestion
+
+    return ThresholdSample(rows=rows, decide=decide)
 
 
 def cluster(input_uri: str, output: str | None = None, config: ClusterConfig | None = None, *,
@@ -125,26 +146,26 @@ def _run(input_uri: str, journal: Journal, state: RunState, config: ClusterConfi
          progress: Progress, t_start: float) -> dict[str, Any]:
     import ray
 
-    layout, storage = journal.layout, journal.storage
+    layout = journal.layout
     timings: dict[str, float] = {}
     t = time.monotonic()
     listing, batches = list_inputs(input_uri, journal, config, state.resume, progress)
     files = listing.files
     timings["listing_s"] = time.monotonic() - t
     n_batches = int(batches.max()) + 1
-    if state.threshold is None:
-        t = time.monotonic()
-        state.threshold = _suggest_threshold(files, config, storage, progress)
-        state.threshold_source = "suggested"
-        timings["threshold_s"] = time.monotonic() - t
-    threshold = float(state.threshold)
     journal.save_state(state, input_uri, config)
     done_before, pending = pending_batches(state, config, n_batches, layout.root)
+    # Without --threshold, the suggestion comes from the sample's features of this same pass.
+    sample = (None if state.threshold is not None else
+              _threshold_sample(files, config, journal, state, input_uri, progress, timings))
     t = time.monotonic()
-    computed, refs = run_batches(files, batches, pending, config, threshold, layout, progress,
-                                 batch_task=_batch_task)
+    computed, refs, _ = run_batches(files, batches, pending, config, state.threshold, layout,
+                                    progress, batch_task=_batch_task, sample=sample)
     ray.get(refs)
     timings["batches_s"] = time.monotonic() - t
+    if state.threshold is None:  # nothing was pending: the batches of an earlier dontmerge run
+        raise ConfigError("--option merge needs the threshold of the earlier run: give --threshold")
+    threshold = float(state.threshold)
     results = journal.load_checkpoints(set(range(n_batches)))
 
     merge: MergeResult | None = None

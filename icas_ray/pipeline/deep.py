@@ -109,8 +109,8 @@ def run_deep(input_uri: str, journal: Journal, state: RunState, config: ClusterC
     journal.save_state(state, input_uri, config)
     done_before, pending = pending_batches(state, config, n_batches, layout.root)
     t = time.monotonic()
-    computed, refs = run_batches(files, batches, pending, config, None, layout, progress,
-                                 batch_task=_deep_batch_task)
+    computed, refs, _ = run_batches(files, batches, pending, config, None, layout, progress,
+                                    batch_task=_deep_batch_task)
     ray.get(refs)
     timings["batches_s"] = time.monotonic() - t
     results = journal.load_checkpoints(set(range(n_batches)))

@@ -15,7 +15,7 @@ from icas_ray.images import DecodeError, decode
 from icas_ray.storage import FileInfo, Storage
 from icas_ray.threshold import SampleSimilarities, sample_files, similarities
 
-__all__ = ["sample_similarities"]
+__all__ = ["sample_similarities", "sample_size"]
 
 #: Expensive methods sample fewer images unless asked otherwise (pairs grow quadratically).
 _EXPENSIVE_SAMPLE_CAP = 300
@@ -33,6 +33,15 @@ def _features_task(uris: list[str], method: FeatureMethod, read: Any, storage: S
     return ok, method.extract(images) if images else {}
 
 
+def sample_size(method: FeatureMethod, config: Any, sample: int | None = None) -> int:
+    """Images in the threshold sample: ``sample``, else ``config.threshold_sample`` (at most
+    300 for expensive methods: pairs grow quadratically)."""
+    if sample is not None:
+        return sample
+    n = config.threshold_sample
+    return n if method.cheap else min(n, _EXPENSIVE_SAMPLE_CAP)
+
+
 def sample_similarities(files: Sequence[FileInfo], config: Any, *, storage: Storage,
                         sample: int | None = None) -> SampleSimilarities:
     """Similarities of all pairs of a sample (features computed in Ray tasks).
@@ -47,10 +56,7 @@ def sample_similarities(files: Sequence[FileInfo], config: Any, *, storage: Stor
     import ray
 
     method = config.feature_method()
-    n = sample or config.threshold_sample
-    if sample is None and not method.cheap:
-        n = min(n, _EXPENSIVE_SAMPLE_CAP)
-    chosen = [f.uri for f in sample_files(files, n)]
+    chosen = [f.uri for f in sample_files(files, sample_size(method, config, sample))]
     task = ray.remote(_features_task).options(num_cpus=0.5)
     chunk = 32
     refs = [task.remote(chosen[i:i + chunk], method, config.read_config(), storage)

@@ -16,12 +16,13 @@ import os
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from icas_ray.errors import ConfigError, InputError
-from icas_ray.features import get_method
+from icas_ray.features import Features, get_method
 from icas_ray.images import ReadConfig
 from icas_ray.output import Layout
 from icas_ray.paths import is_inside
@@ -31,8 +32,19 @@ from icas_ray.progress import Progress
 from icas_ray.runtime import ResourceConfig, cluster_cpus, cluster_gpus, init_ray
 from icas_ray.storage import FileInfo, Listing, Storage
 
-__all__ = ["FeatureExtractor", "check_paths", "default_output", "extract_task", "failpoint",
-           "list_inputs", "normalise_output", "open_run", "pending_batches", "run_batches"]
+__all__ = [
+    "FeatureExtractor",
+    "ThresholdSample",
+    "check_paths",
+    "default_output",
+    "extract_task",
+    "failpoint",
+    "list_inputs",
+    "normalise_output",
+    "open_run",
+    "pending_batches",
+    "run_batches",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -111,32 +123,83 @@ def extract_task(batch: dict[str, np.ndarray], *, method: str, params: dict[str,
 _ROWS_PER_UDF_CALL = 64
 
 
+@dataclass
+class ThresholdSample:
+    """The images a threshold is suggested from, taken from the main feature pass (their
+    rows go first), and the rule that decides it once all of them are extracted.
+
+    Attributes:
+        rows: the sample's indices in the listing.
+        decide: ``(uris, features) -> threshold``, given the readable sampled images.
+    """
+
+    rows: np.ndarray
+    decide: Callable[[list[str], Features], float]
+
+
+class _SampleCollector:
+    """Keeps the sampled rows' features as they arrive, until all of them have."""
+
+    def __init__(self, rows: np.ndarray) -> None:
+        self.rows = np.asarray(rows)
+        self.parts: list[dict[str, np.ndarray]] = []
+        self.missing = len(self.rows)
+
+    def add(self, part: dict[str, np.ndarray]) -> None:
+        m = np.isin(part["row"], self.rows)
+        if m.any():
+            self.parts.append({k: v[m] for k, v in part.items()})
+            self.missing -= int(m.sum())
+
+    def features(self) -> tuple[list[str], Features]:
+        """The readable sampled images (in listing order) and their features."""
+        if not self.parts:
+            return [], {}
+        rows = {k: np.concatenate([p[k] for p in self.parts]) for k in self.parts[0]}
+        keep = np.flatnonzero(rows["status"] == "ok")
+        keep = keep[np.argsort(rows["row"][keep], kind="stable")]
+        return ([str(u) for u in rows["uri"][keep]],
+                {k[2:]: v[keep] for k, v in rows.items() if k.startswith("f_")})
+
+
 def run_batches(files: Sequence[FileInfo], batches: np.ndarray, pending: set[int], config: Any,
                 threshold: float | None, layout: Layout, progress: Progress, *,
-                batch_task: Callable[..., Any]) -> tuple[int, list[Any]]:
+                batch_task: Callable[..., Any], sample: ThresholdSample | None = None,
+                ) -> tuple[int, list[Any], float | None]:
     """Features (a Ray Data stage) and per-batch clustering (``batch_task`` in a Ray task per
     complete batch, beside the feature workers) of the pending batches.
+
+    With ``sample`` (and no ``threshold``), the sampled images are extracted first and the
+    threshold is decided from their features as soon as all have arrived; batches complete
+    before then wait for it. Every file is read and extracted once.
 
     Args:
         files, batches: the listing and each file's batch number.
         pending: the batches to compute.
         config: the run's options (method, feature compute, ...).
-        threshold: passed on to ``batch_task``.
+        threshold: passed on to ``batch_task`` (None: decided from ``sample``, or none used).
         layout: where the batches' checkpoints go.
         progress: receives the features and batches phases.
         batch_task: ``(batch, rows, config, threshold, layout, use_gpu) -> BatchResult``; it
             persists the batch's checkpoint (where the merge reads it).
+        sample: the threshold's sample, when the threshold is to be suggested.
 
     Returns:
-        The number of batches computed, and the refs to wait for.
+        The number of batches computed, the refs to wait for, and the threshold.
     """
     import ray
 
     from icas_ray.pipeline.read import listing_dataset
 
     if not pending:
-        return 0, []
+        return 0, [], threshold
     sel = np.flatnonzero(np.isin(batches, sorted(pending)))
+    collector = None
+    if sample is not None and threshold is None:
+        collector = _SampleCollector(np.intersect1d(sample.rows, sel))
+        # The sample first: its threshold is needed before any batch can be clustered.
+        first = np.isin(sel, collector.rows)
+        sel = np.concatenate([sel[first], sel[~first]])
     todo = [files[i] for i in sel]
     expected = {b: int(c) for b, c in zip(*np.unique(batches[sel], return_counts=True))}
     cpus = cluster_cpus()
@@ -174,12 +237,16 @@ def run_batches(files: Sequence[FileInfo], batches: np.ndarray, pending: set[int
     counts: dict[int, int] = defaultdict(int)
     refs: list[Any] = []
     in_flight: list[Any] = []
+    waiting: list[int] = []  # complete batches waiting for the threshold
     finished = 0
     seen = 0
     progress.start("features", len(todo))
     progress.start("batches", len(pending))
 
     def submit(b: int) -> None:
+        if collector is not None and threshold is None:
+            waiting.append(b)
+            return
         parts = buffers.pop(b)
         rows = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         # Rows arrive in any order; a batch is clustered in listing order, so that its
@@ -208,6 +275,13 @@ def run_batches(files: Sequence[FileInfo], batches: np.ndarray, pending: set[int
     for part in ds.iter_batches(batch_size=_ROWS_PER_UDF_CALL * 4, batch_format="numpy"):
         seen += len(part["uri"])
         progress.advance("features", seen, len(todo))
+        if collector is not None and threshold is None:
+            collector.add(part)
+            if collector.missing == 0:
+                threshold = sample.decide(*collector.features())  # type: ignore[union-attr]
+                for b in waiting:
+                    submit(b)
+                waiting.clear()
         for b in np.unique(part["batch"]):
             m = part["batch"] == b
             buffers[int(b)].append({k: v[m] for k, v in part.items()})
@@ -217,13 +291,16 @@ def run_batches(files: Sequence[FileInfo], batches: np.ndarray, pending: set[int
         reap(block=False)
         while len(in_flight) > max(2, int(cpus)):
             reap(block=True)
-    for b in list(buffers):  # defensive: rows of a batch arrived short
+    if collector is not None and threshold is None:  # defensive: sampled rows arrived short
+        threshold = sample.decide(*collector.features())  # type: ignore[union-attr]
+        waiting.clear()
+    for b in list(buffers):  # rows of a batch arrived short (defensive), or waited for the threshold
         submit(b)
     while in_flight:
         reap(block=True)
     progress.finish("features", f"{seen} images")
     progress.finish("batches", f"{finished} batches clustered")
-    return finished, refs
+    return finished, refs, threshold
 
 
 # ---------------------------------------------------------------------------------------------
