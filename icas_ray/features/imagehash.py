@@ -1,5 +1,13 @@
 """imagehash: the perceptual hash (ImageHash's ``phash``), compared by Hamming distance.
 
+The hash is ImageHash's: the grey image shrunk to ``hash_size * highfreq_factor`` squared, its
+2-D DCT-II (scipy's, unnormalised), the lowest ``hash_size`` x ``hash_size`` frequencies, a bit
+per coefficient above their median. Two steps are faster here: the shrink averages areas
+(OpenCV's ``INTER_AREA``) where ImageHash resamples with PIL's Lanczos filter (0.4 ms of its
+0.7 ms per 256x256 image), and the DCT is one matrix product for the whole batch. The bits
+agree with ImageHash's on 99.6% of positions on the generated digits (88-100% per image on the
+synthetic test images of tests/test_features.py), and the generated data sets cluster the same.
+
 Similarity = 1 - (differing bits) / (hash bits), in [0, 1]. The original tool divided by the
 hash's row count instead (its scores ran down to about -63); dividing by the bit count keeps a
 threshold's meaning independent of the hash size.
@@ -14,10 +22,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
-from PIL import Image
 
-from icas_ray.features._base import Features, FeatureMethod, positive_int, register
+from icas_ray.features._base import FeatureMethod, Features, positive_int, register
 from icas_ray.images import ReadConfig
 
 __all__ = ["ImageHashMethod", "hamming_similarity"]
@@ -35,6 +43,14 @@ class ImageHashParams:
 
     hash_size: int = 16
     highfreq_factor: int = 4
+
+
+def _dct_rows(n: int, k: int) -> np.ndarray:
+    """The first ``k`` rows of the ``n``-point DCT-II matrix, scaled as ``scipy.fftpack.dct``
+    (unnormalised: ``y[j] = 2 * sum_i x[i] cos(pi j (2i + 1) / 2n)``)."""
+    j = np.arange(k)[:, None]
+    i = np.arange(n)[None, :]
+    return 2.0 * np.cos(np.pi * j * (2 * i + 1) / (2 * n))
 
 
 def _pack(bits: np.ndarray) -> np.ndarray:
@@ -92,12 +108,17 @@ class ImageHashMethod(FeatureMethod):
         return int(self.params.hash_size) ** 2
 
     def extract(self, images: Sequence[np.ndarray]) -> Features:
-        import imagehash
-
-        hs, hf = self.params.hash_size, self.params.highfreq_factor
-        bits = np.zeros((len(images), self.n_bits), bool)
+        hs = self.params.hash_size
+        side = hs * self.params.highfreq_factor
+        grey = np.empty((len(images), side, side), np.float64)
         for i, img in enumerate(images):
-            bits[i] = imagehash.phash(Image.fromarray(img), hash_size=hs, highfreq_factor=hf).hash.ravel()
+            # Shrink, then grey (both linear: the order changes only rounding; the grey
+            # conversion of a 256x256 image costs more than the shrink).
+            small = cv2.resize(img, (side, side), interpolation=cv2.INTER_AREA)
+            grey[i] = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY) if small.ndim == 3 else small
+        c = _dct_rows(side, hs)
+        low = (c @ grey @ c.T).reshape(len(images), hs * hs)  # (N, hs*hs) lowest frequencies
+        bits = low > np.median(low, axis=1, keepdims=True)
         return {"hash": _pack(bits)}
 
     def pairwise(self, a: Features, b: Features) -> np.ndarray:
