@@ -32,10 +32,10 @@ from icas_ray.pipeline.config import ClusterConfig
 from icas_ray.pipeline.journal import Journal, RunState
 from icas_ray.pipeline.results import write_results
 from icas_ray.pipeline.stages import (
+    OpenRun,
     ThresholdSample,
     default_output,
     failpoint,
-    list_inputs,
     open_run,
     pending_batches,
     run_batches,
@@ -134,24 +134,23 @@ def cluster(input_uri: str, output: str | None = None, config: ClusterConfig | N
     """
     config = config or ClusterConfig()
     t_start = time.monotonic()
-    with open_run(input_uri, output, config, storage or Storage(), resources) as (journal, state):
+    progress = progress or NullProgress()
+    with open_run(input_uri, output, config, storage or Storage(), resources, progress) as run:
         if config.cluster_model is not None:
             from icas_ray.pipeline.deep import run_deep
 
-            return run_deep(input_uri, journal, state, config, progress or NullProgress(), t_start)
-        return _run(input_uri, journal, state, config, progress or NullProgress(), t_start)
+            return run_deep(input_uri, run, config, progress, t_start)
+        return _run(input_uri, run, config, progress, t_start)
 
 
-def _run(input_uri: str, journal: Journal, state: RunState, config: ClusterConfig,
-         progress: Progress, t_start: float) -> dict[str, Any]:
+def _run(input_uri: str, run: OpenRun, config: ClusterConfig, progress: Progress,
+         t_start: float) -> dict[str, Any]:
     import ray
 
+    journal, state, listing, batches = run.journal, run.state, run.listing, run.batches
     layout = journal.layout
-    timings: dict[str, float] = {}
-    t = time.monotonic()
-    listing, batches = list_inputs(input_uri, journal, config, state.resume, progress)
     files = listing.files
-    timings["listing_s"] = time.monotonic() - t
+    timings: dict[str, float] = {"listing_s": run.listing_s}
     n_batches = int(batches.max()) + 1
     journal.save_state(state, input_uri, config)
     done_before, pending = pending_batches(state, config, n_batches, layout.root)

@@ -32,9 +32,9 @@ from icas_ray.errors import ConfigError
 from icas_ray.features import Features, concat_features
 from icas_ray.output import Layout
 from icas_ray.pipeline.config import ClusterConfig
-from icas_ray.pipeline.journal import Journal, RunState
+from icas_ray.pipeline.journal import Journal
 from icas_ray.pipeline.results import write_results
-from icas_ray.pipeline.stages import failpoint, list_inputs, pending_batches, run_batches
+from icas_ray.pipeline.stages import OpenRun, failpoint, pending_batches, run_batches
 from icas_ray.progress import Progress
 from icas_ray.storage import Storage
 
@@ -94,17 +94,15 @@ def _deep_merge_task(layout: Layout, batches: list[int], config: ClusterConfig,
     return merge_by_labels(results, labels), chosen
 
 
-def run_deep(input_uri: str, journal: Journal, state: RunState, config: ClusterConfig,
-             progress: Progress, t_start: float) -> dict[str, Any]:
+def run_deep(input_uri: str, run: OpenRun, config: ClusterConfig, progress: Progress,
+             t_start: float) -> dict[str, Any]:
     """The deep pipeline inside an opened run (see :func:`icas_ray.pipeline.stages.open_run`)."""
     import ray
 
+    journal, state, listing, batches = run.journal, run.state, run.listing, run.batches
     layout = journal.layout
-    timings: dict[str, float] = {}
-    t = time.monotonic()
-    listing, batches = list_inputs(input_uri, journal, config, state.resume, progress)
     files = listing.files
-    timings["listing_s"] = time.monotonic() - t
+    timings: dict[str, float] = {"listing_s": run.listing_s}
     n_batches = int(batches.max()) + 1
     journal.save_state(state, input_uri, config)
     done_before, pending = pending_batches(state, config, n_batches, layout.root)

@@ -1,7 +1,8 @@
 """Ray stages shared by the pipelines of ``icas cluster`` (classic and deep).
 
 * :func:`open_run`: the checks before anything is written (paths, a foreign output), the
-  output's lock, leftovers of a killed run, resume or fresh start, then Ray;
+  output's lock, leftovers of a killed run, resume or fresh start, then the listing while Ray
+  starts;
 * :func:`list_inputs`: the listing, saved in the journal (a resumed run sees the same files);
 * :class:`FeatureExtractor` / :func:`extract_task`: read, decode and extract features in Ray
   Data (an actor pool, or pooled task workers);
@@ -13,8 +14,10 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -362,13 +365,26 @@ def pending_batches(state: RunState, config: Any, n_batches: int, root: str) -> 
     return done, pending
 
 
+@dataclass
+class OpenRun:
+    """A run opened by :func:`open_run`: its journal and state, and the listing (with each
+    file's batch number)."""
+
+    journal: Journal
+    state: RunState
+    listing: Listing
+    batches: np.ndarray
+    listing_s: float
+
+
 @contextmanager
 def open_run(input_uri: str, output: str | None, config: Any, storage: Storage,
-             resources: ResourceConfig | None) -> Iterator[tuple[Journal, RunState]]:
+             resources: ResourceConfig | None, progress: Progress) -> Iterator[OpenRun]:
     """Check paths and the output, hold the output's lock, clean what a killed run left,
-    decide fresh run or resume, start Ray; yields the journal and the run's state.
+    decide fresh run or resume, then list the inputs while Ray starts.
 
-    Everything a user can fix fails here, with one line, before Ray starts.
+    Everything a user can fix fails here, with one line, before Ray starts (bar an input
+    with no images: the listing runs beside Ray's start, which takes seconds).
     """
     output = normalise_output(output or default_output(input_uri))
     check_paths(input_uri, output)
@@ -381,9 +397,22 @@ def open_run(input_uri: str, output: str | None, config: Any, storage: Storage,
     with RunLock(journal.layout).held():
         journal.clean_leftovers()
         state = journal.prepare(input_uri, config)
-        init_ray(resources)
+        # Ray starts in this (the main) thread, where it sets its signal handlers.
+        with ThreadPoolExecutor(1, thread_name_prefix="icas-listing") as pool:
+            def timed_listing() -> tuple[Listing, np.ndarray, float]:
+                t = time.monotonic()
+                listing, batches = list_inputs(input_uri, journal, config, state.resume, progress)
+                return listing, batches, time.monotonic() - t
+
+            listed = pool.submit(timed_listing)
+            try:
+                init_ray(resources)
+            except BaseException:
+                listed.cancel()
+                raise
+            listing, batches, listing_s = listed.result()
         if getattr(config, "gpu", False) and (resources is None or resources.address is None) \
                 and cluster_gpus() < 1:
             raise ConfigError("--gpu: the embedded Ray sees no GPU on this machine: drop --gpu, "
                               "or run on a cluster with GPU nodes (--address, ray job submit)")
-        yield journal, state
+        yield OpenRun(journal, state, listing, batches, round(listing_s, 3))
