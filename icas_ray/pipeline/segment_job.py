@@ -6,6 +6,11 @@ already stored are skipped, so a rerun finishes an interrupted job; files that c
 decoded or segmented (below the method's minimum size, say) become ``status="error"`` rows
 with a reason, never a failed job.
 
+``method="sam"`` takes a SAM backend (the HTTP client of ``icas serve``) or, with
+:class:`SamModel`, runs SAM in the job's own actors: then ``gpu=True`` gives each actor a GPU
+(Ray is asked for one, so an autoscaling cluster adds GPU nodes) and without it SAM runs on
+CPUs, even on a node that has GPUs. The other methods are OpenCV/scikit-image code on CPUs.
+
 A worker process that dies (a crash inside OpenCV kills it: no exception to catch) is
 restarted and its block tried ``max_retries`` more times, then the block is dropped instead of
 failing the job (Ray's default retries a crashed actor's task forever: the job would hang).
@@ -27,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from icas_ray.errors import ConfigError, IcasError, InputError
+from icas_ray.errors import ConfigError, IcasError, InputError, ModelLoadError
 from icas_ray.images import ReadConfig
 from icas_ray.pipeline.read import (
     MAX_ROWS_PER_BLOCK,
@@ -38,7 +43,7 @@ from icas_ray.pipeline.read import (
     read_bytes_batch,
 )
 from icas_ray.progress import NullProgress, Progress
-from icas_ray.runtime import ResourceConfig, cluster_cpus, init_ray
+from icas_ray.runtime import ResourceConfig, cluster_cpus, cluster_gpus, init_ray
 from icas_ray.segment import SegmentMethod, get_method
 from icas_ray.segment.store import (
     LABELS_NPZ,
@@ -52,8 +57,8 @@ from icas_ray.segment.store import (
 from icas_ray.storage import FileInfo, Storage
 
 __all__ = [
-    "PresegmentConfig", "PresegmentPlan", "PresegmentSummary", "SegmentImages", "params_record",
-    "plan_presegment", "presegment",
+    "PresegmentConfig", "PresegmentPlan", "PresegmentSummary", "SamModel", "SegmentImages",
+    "params_record", "plan_presegment", "presegment",
 ]
 
 logger = logging.getLogger(__name__)
@@ -73,6 +78,26 @@ def params_record(method: str, params: Any) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
+class SamModel:
+    """SAM run inside the job's actors (``icas segment --method sam --sam-checkpoint``): each
+    actor loads the checkpoint once.
+
+    Args:
+        checkpoint: segment_anything ``.pth`` file, local path or ``s3://`` URI (every node
+            must reach it: use ``s3://`` on a cluster).
+        model_type: its architecture: ``vit_b``, ``vit_l``, ``vit_h`` (``tiny`` for tests).
+    """
+
+    checkpoint: str
+    model_type: str = "vit_b"
+
+    def __post_init__(self) -> None:
+        from icas_ray.sam import spec_for  # no torch import
+
+        spec_for(self.model_type)
+
+
+@dataclass(frozen=True)
 class PresegmentConfig:
     """What ``icas segment`` does.
 
@@ -84,10 +109,14 @@ class PresegmentConfig:
         overwrite: redo images that are already done (also needed to change parameters).
         read: how images are decoded (full size by default: labels match the image).
         preview_side: longest side of the preview JPEGs.
-        actors: segmentation actors; None = one per CPU of the cluster.
+        actors: segmentation actors; None = one per CPU of the cluster (SAM in the job: one
+            per GPU with ``gpu``, else one per 4 CPUs: each holds a model).
         cpus_per_actor: CPUs reserved per actor; fractional so that read tasks still fit on
             a small machine (a full CPU per actor deadlocks Ray Data on 2 CPUs).
         max_retries: times a block is tried again after its worker process died.
+        sam: run SAM in the actors (``method="sam"`` without a backend); see :class:`SamModel`.
+        gpu: the actors that run SAM (``sam``) ask Ray for a GPU each and use ``cuda``; False
+            = no GPU is requested or used, even where one is present. Only ``sam`` uses one.
     """
 
     input: str
@@ -100,6 +129,8 @@ class PresegmentConfig:
     actors: int | None = None
     cpus_per_actor: float = 0.5
     max_retries: int = 1
+    sam: SamModel | None = None
+    gpu: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.max_retries <= 10:
@@ -134,17 +165,29 @@ class PresegmentSummary:
 class SegmentImages:
     """Ray Data actor: decode, segment and store a batch; one result row per image.
 
-    Built once per actor (the SAM backend, if any, is loaded here), then called on batches
-    with ``uri``, ``bytes``, ``status`` and ``error`` columns.
+    Built once per actor (``sam``: the SAM model is loaded here, on ``device``), then called
+    on batches with ``uri``, ``bytes``, ``status`` and ``error`` columns.
     """
 
     def __init__(self, method: str, params: Any, layout: PresegLayout, storage: Storage,
-                 read: ReadConfig, preview_side: int) -> None:
+                 read: ReadConfig, preview_side: int, *, sam: SamModel | None = None,
+                 device: str = "cpu", threads: int = 1) -> None:
         import cv2
 
         cv2.setNumThreads(1)  # parallelism comes from the actors
         self.method = get_method(method)
         self.params = self.method.make_params(params)
+        if sam is not None:
+            import torch
+
+            from icas_ray.sam import LocalSam
+
+            torch.set_num_threads(threads)
+            # The device is explicit: an actor without a GPU reservation still sees a node's
+            # GPUs (Ray leaves CUDA_VISIBLE_DEVICES alone for num_gpus=0).
+            backend = LocalSam.from_checkpoint(sam.model_type, sam.checkpoint, storage=storage,
+                                               device=device, cache_bytes=0)
+            self.params = dataclasses.replace(self.params, backend=backend)
         self.layout, self.storage, self.preview_side = layout, storage, preview_side
         self.decode = DecodeImages(read)
 
@@ -203,14 +246,33 @@ def plan_presegment(config: PresegmentConfig, storage: Storage) -> PresegmentPla
     """Validate the configuration, list the images and find those already done.
 
     Raises:
-        ConfigError: unknown method, bad parameters, no SAM backend, the output is the input,
-            or stored labels were made with other parameters (use ``overwrite``).
+        ConfigError: unknown method, bad parameters, no SAM backend (or two), ``gpu`` for a
+            method that uses none, the output is the input, or stored labels were made with
+            other parameters (use ``overwrite``).
         InputError: the input does not exist or holds no images.
     """
     method = get_method(config.method)
     params = method.make_params(config.params)
-    if method.needs_backend and getattr(params, "backend", None) is None:
-        raise ConfigError("method sam needs a SAM backend: give --sam-url URL of `icas serve`")
+    backend = getattr(params, "backend", None)
+    if config.sam is not None and not method.needs_backend:
+        raise ConfigError(f"--sam-checkpoint runs SAM in the job: it needs --method sam, not "
+                          f"{method.name}")
+    if config.sam is not None and backend is not None:
+        raise ConfigError("method sam: give --sam-url (SAM in `icas serve`) or --sam-checkpoint "
+                          "(SAM in the job), not both")
+    if method.needs_backend and backend is None and config.sam is None:
+        raise ConfigError("method sam needs a SAM backend: give --sam-url URL of `icas serve`, "
+                          "or --sam-checkpoint URI to run SAM in the job")
+    if config.sam is not None and not storage.exists(config.sam.checkpoint):
+        raise ModelLoadError(f"SAM checkpoint {config.sam.checkpoint!r} does not exist: give the "
+                             "path or s3:// URI of a segment_anything .pth file")
+    if config.gpu and config.sam is None:
+        if method.needs_backend:
+            raise ConfigError("--gpu: with --sam-url, SAM runs in the `icas serve` service, not in "
+                              "this job: give the service GPUs (`icas serve --gpu`), or run SAM in "
+                              "the job with --sam-checkpoint")
+        raise ConfigError(f"--gpu: method {method.name} runs on CPUs only (only sam with "
+                          "--sam-checkpoint uses a GPU): drop --gpu")
     source = _absolute(config.input)
     output = _absolute(config.output or default_output(config.input))
     if output == source:
@@ -218,6 +280,10 @@ def plan_presegment(config: PresegmentConfig, storage: Storage) -> PresegmentPla
                           "(the default is INPUT_segmented)")
     layout = PresegLayout(source, output, method.name)
     record = params_record(method.name, params)
+    if config.sam is not None:
+        record["params"]["backend"] = "LocalSam"
+        record["model"] = {"model_type": config.sam.model_type,
+                           "checkpoint": config.sam.checkpoint}
     if storage.exists(layout.params_uri) and not config.overwrite:
         previous = json.loads(storage.read_text(layout.params_uri))
         if previous != record:
@@ -234,8 +300,9 @@ def plan_presegment(config: PresegmentConfig, storage: Storage) -> PresegmentPla
 
 def _segment_dataset(files: list[FileInfo], segmenter: type, kwargs: dict[str, Any], *,
                      workers: int, rows_per_block: int | None, retries: int,
-                     cpus_per_actor: float, storage: Storage) -> Any:
-    """The Ray Data pipeline over ``files``: read tasks, then a pool of ``segmenter`` actors.
+                     cpus_per_actor: float, gpus_per_actor: float, storage: Storage) -> Any:
+    """The Ray Data pipeline over ``files``: read tasks, then a pool of ``segmenter`` actors
+    (each reserving ``cpus_per_actor`` CPUs and ``gpus_per_actor`` GPUs).
 
     A crashed actor is restarted (``max_restarts=-1``: the pool must not run out of actors)
     but each task is retried only ``retries`` times; a block that still fails is dropped
@@ -255,7 +322,7 @@ def _segment_dataset(files: list[FileInfo], segmenter: type, kwargs: dict[str, A
         ds = ds.map_batches(
             segmenter, fn_constructor_kwargs=kwargs,
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers),
-            num_cpus=cpus_per_actor, batch_size=1, batch_format="numpy",
+            num_cpus=cpus_per_actor, num_gpus=gpus_per_actor, batch_size=1, batch_format="numpy",
             max_restarts=-1, max_task_retries=retries,
         )
     ds.context.max_errored_blocks = -1
@@ -272,6 +339,34 @@ def _stored_row(storage: Storage, layout: PresegLayout, uri: str) -> dict[str, A
             return {"uri": uri, "status": STATUS_OK, "error": "",
                     "segments": len(np.unique(labels[labels > 0])), "labels_uri": labels_uri}
     return None
+
+
+def _check_gpu(config: PresegmentConfig, resources: ResourceConfig | None) -> None:
+    """``gpu`` on an embedded Ray without a GPU: one line instead of actors waiting forever
+    (on a cluster, GPU nodes may still come: the autoscaler adds them for the demand)."""
+    if config.gpu and (resources is None or resources.address is None) and cluster_gpus() < 1:
+        raise ConfigError("--gpu: the embedded Ray sees no GPU on this machine: drop --gpu, "
+                          "or run on a cluster with GPU nodes (--address, ray job submit)")
+
+
+def _pool(config: PresegmentConfig, images: int) -> dict[str, Any]:
+    """The actor pool: its most actors and what each reserves and uses (``_segment_dataset``
+    and :class:`SegmentImages` keywords)."""
+    if config.sam is None:
+        size = config.actors or int(cluster_cpus())
+        return {"workers": max(1, min(images, size)), "cpus_per_actor": config.cpus_per_actor,
+                "gpus_per_actor": 0.0, "actor": {}}
+    if config.gpu:
+        # One actor per GPU of the cluster now, at least one: on an autoscaling cluster that
+        # starts without GPU nodes the first actor's demand is what brings one.
+        size = config.actors or int(cluster_gpus())
+        return {"workers": max(1, min(images, size)), "cpus_per_actor": config.cpus_per_actor,
+                "gpus_per_actor": 1.0,
+                "actor": {"sam": config.sam, "device": "cuda", "threads": 1}}
+    # SAM on CPUs: a model (up to ~4 GB at work for vit_h) and 4 torch threads per actor.
+    size = config.actors or int(cluster_cpus()) // 4
+    return {"workers": max(1, min(images, size)), "cpus_per_actor": config.cpus_per_actor,
+            "gpus_per_actor": 0.0, "actor": {"sam": config.sam, "device": "cpu", "threads": 4}}
 
 
 def presegment(config: PresegmentConfig, *, storage: Storage | None = None,
@@ -293,6 +388,9 @@ def presegment(config: PresegmentConfig, *, storage: Storage | None = None,
                                                  plan.files, plan.done, plan.todo)
     summary = PresegmentSummary(method=method.name, input=config.input, output=layout.output,
                                 images=len(files), skipped=len(files) - len(todo))
+    if todo:
+        init_ray(resources)
+        _check_gpu(config, resources)
     storage.write_text(layout.params_uri, json.dumps(plan.record, indent=2))
     logger.info("segmenting %d image(s) with %s (%d already done)", len(todo), method.name,
                 summary.skipped)
@@ -317,12 +415,14 @@ def presegment(config: PresegmentConfig, *, storage: Storage | None = None,
         progress.advance("segment", len(seen), len(todo))
 
     if todo:
-        init_ray(resources)
-        size = config.actors or max(1, min(len(todo), int(cluster_cpus())))
+        pool = _pool(config, len(todo))
         kwargs = {"method": method.name, "params": params, "layout": layout, "storage": storage,
-                  "read": config.read, "preview_side": config.preview_side}
+                  "read": config.read, "preview_side": config.preview_side, **pool.pop("actor")}
+        if config.sam is not None:
+            logger.info("SAM %s in %d actor(s) on %s", config.sam.model_type, pool["workers"],
+                        "GPUs" if config.gpu else "CPUs")
         progress.start("segment", len(todo))
-        run = {"workers": size, "cpus_per_actor": config.cpus_per_actor, "storage": storage}
+        run = {**pool, "storage": storage}
         for row in _segment_dataset(todo, segmenter, kwargs, rows_per_block=None,
                                     retries=config.max_retries, **run).iter_rows():
             record(row)

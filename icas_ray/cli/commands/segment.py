@@ -39,6 +39,8 @@ def _backend(sam_url: str | None, sam_token: str | None) -> Any:
     return SamClient(sam_url, token=sam_token)
 
 
+_MODEL_TYPES = ["vit_b", "vit_l", "vit_h", "tiny"]  # icas_ray.sam.SAM_SPECS, without importing it
+
 _sam_url = click.option("--sam-url", metavar="URL", default=None,
                         help="URL of `icas serve` for the sam method, e.g. http://127.0.0.1:8000.")
 _sam_token = click.option("--sam-token", envvar="ICAS_SERVE_TOKEN", default=None,
@@ -53,6 +55,8 @@ def command() -> None:
     Examples:
       icas segment ./photos --method superpixel -p region_size=30
       icas segment s3://bucket/photos --method felzenszwalb --output s3://bucket/segments
+      icas segment s3://bucket/photos --method sam --sam-checkpoint s3://models/sam_vit_b.pth \
+          --gpu --address auto
       icas segment preview ./photos/cat.jpg --output methods.png
       icas segment methods
     """
@@ -71,13 +75,23 @@ def command() -> None:
 @click.option("--max-side", type=click.IntRange(min=16), default=None,
               help="Shrink images to this longest side first (labels then have that size).")
 @click.option("--actors", type=click.IntRange(min=1), default=None,
-              help="Segmentation actors.  [default: one per CPU]")
+              help="Segmentation actors.  [default: one per CPU; with --sam-checkpoint one "
+                   "per GPU (--gpu) or per 4 CPUs]")
 @_sam_url
 @_sam_token
+@click.option("--sam-checkpoint", metavar="URI", default=None,
+              help="Run SAM in the job's actors from this checkpoint (.pth, local or s3://) "
+                   "instead of --sam-url.")
+@click.option("--sam-model-type", type=click.Choice(_MODEL_TYPES), default=None,
+              help="Architecture of --sam-checkpoint.  [default: vit_b]")
+@click.option("--gpu", is_flag=True, default=False,
+              help="Give each actor that runs SAM (--sam-checkpoint) a GPU; on a cluster this "
+                   "asks the autoscaler for GPU nodes. The other methods run on CPUs only.")
 @storage_options
 @ray_options
 def run(input_uri: str, method: str, params: tuple[str, ...], output: str | None, overwrite: bool,
         max_side: int | None, actors: int | None, sam_url: str | None, sam_token: str | None,
+        sam_checkpoint: str | None, sam_model_type: str | None, gpu: bool,
         storage: Storage, address: str | None, num_cpus: int | None) -> None:
     """Pre-segment every image under INPUT (a folder or s3:// prefix) with Ray.
 
@@ -87,19 +101,23 @@ def run(input_uri: str, method: str, params: tuple[str, ...], output: str | None
     The summary is printed as JSON on stdout.
     """
     from icas_ray.images import ReadConfig
-    from icas_ray.pipeline.segment_job import PresegmentConfig, presegment
+    from icas_ray.pipeline.segment_job import PresegmentConfig, SamModel, presegment
     from icas_ray.progress import LogProgress
 
     m = get_method(method)
     values: dict[str, Any] = parse_key_values(params, example="region_size=30")
-    if m.needs_backend:
-        if sam_url is None:
-            raise click.UsageError("--method sam needs --sam-url URL of a running `icas serve`")
+    if sam_model_type is not None and sam_checkpoint is None:
+        raise click.UsageError("--sam-model-type is the architecture of --sam-checkpoint: give both")
+    if m.needs_backend and sam_url is None and sam_checkpoint is None:
+        raise click.UsageError("--method sam needs --sam-url URL of a running `icas serve`, or "
+                               "--sam-checkpoint URI to run SAM in the job")
+    if m.needs_backend and sam_url is not None:
         values["backend"] = _backend(sam_url, sam_token)
     m.make_params(values)  # fail on bad parameters before starting Ray
+    sam = None if sam_checkpoint is None else SamModel(sam_checkpoint, sam_model_type or "vit_b")
     config = PresegmentConfig(input=input_uri, method=m.name, params=values, output=output,
                               overwrite=overwrite, read=ReadConfig(max_side=max_side),
-                              actors=actors)
+                              actors=actors, sam=sam, gpu=gpu)
     summary = presegment(config, storage=storage, resources=resources_from(address, num_cpus),
                          progress=LogProgress())
     click.echo(json.dumps(summary.to_dict(), indent=2))
