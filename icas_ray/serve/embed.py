@@ -1,7 +1,8 @@
 """``icas serve embed``: pre-compute SAM image embeddings of a folder or bucket with Ray Data.
 
-Rows flow: listing -> read bytes (Ray tasks) -> :class:`EmbedImages` actors (GPU actors when
-the cluster has GPUs, CPU actors with fractional CPUs otherwise) -> an :class:`EmbeddingStore`.
+Rows flow: listing -> read bytes (Ray tasks) -> :class:`EmbedImages` actors (with ``gpu``, one
+GPU each: Ray is asked for them, so an autoscaling cluster adds GPU nodes; without it CPU actors
+with fractional CPUs that use no GPU, even where one is present) -> an :class:`EmbeddingStore`.
 Each image is keyed by the sha256 of its bytes, so a rerun skips what is stored and the Serve
 app finds the embedding of an image it is sent, whatever its name.
 """
@@ -18,6 +19,7 @@ import numpy as np
 
 from icas_ray.errors import ConfigError, InputError
 from icas_ray.images import DecodeError, ReadConfig, decode
+from icas_ray.runtime import ResourceConfig
 from icas_ray.storage import Storage
 
 __all__ = ["EmbedConfig", "EmbedImages", "EmbedSummary", "embed_folder", "model_id_for"]
@@ -35,10 +37,13 @@ class EmbedConfig:
         model_type: ``vit_b``, ``vit_l``, ``vit_h`` (``tiny`` for tests).
         checkpoint: local path or ``s3://`` URI; None = random weights (tests only).
         output: URI of the embedding store.
-        actors: size of the actor pool (None = one per GPU, or one per 2 CPUs).
+        actors: size of the actor pool (None = one per GPU of the cluster with ``gpu``, at
+            least one; else one per 2 free CPUs).
         batch_size: images per actor call.
         max_pixels: larger images are skipped as errors.
         seed: seed of random weights when no checkpoint is given.
+        gpu: each actor asks Ray for a GPU and encodes on ``cuda``; False = CPUs only, even on
+            a node with GPUs.
     """
 
     model_type: str
@@ -48,6 +53,7 @@ class EmbedConfig:
     batch_size: int = 4
     max_pixels: int = 50_000_000
     seed: int | None = 0
+    gpu: bool = False
 
     def __post_init__(self) -> None:
         from icas_ray.sam import spec_for
@@ -103,7 +109,10 @@ class EmbedImages:
         from icas_ray.serve.store import EmbeddingStore
 
         torch.set_num_threads(threads)
+        # The device is explicit: an actor without a GPU reservation still sees a node's GPUs
+        # (Ray leaves CUDA_VISIBLE_DEVICES alone for num_gpus=0).
         self.sam = LocalSam.from_checkpoint(config.model_type, config.checkpoint, storage=storage,
+                                            device="cuda" if config.gpu else "cpu",
                                             cache_bytes=0, seed=config.seed)
         if self.sam.model_id != model_id:
             raise ConfigError(f"checkpoint changed while embedding: {self.sam.model_id} != {model_id}")
@@ -137,38 +146,41 @@ class EmbedImages:
         return {"uri": batch["uri"], "id": ids, "status": status, "error": error}
 
 
-def _pool(actors: int | None) -> tuple[int, float, float]:
+def _pool(actors: int | None, gpu: bool) -> tuple[int, float, float]:
     """``(pool size, CPUs per actor, GPUs per actor)`` for the running cluster."""
     import ray
 
     from icas_ray.runtime import cluster_gpus
 
-    gpus = cluster_gpus()
+    if gpu:
+        # One actor per GPU of the cluster now, at least one: on an autoscaling cluster that
+        # starts without GPU nodes the first actor's demand is what brings one.
+        return actors or max(1, int(cluster_gpus())), 1.0, 1.0
     # What is free now: a Serve replica or another job may hold part of the cluster.
     cpus = float(ray.available_resources().get("CPU", 1.0))
-    if gpus >= 1:
-        n = actors or int(gpus)
-        return n, 1.0, 1.0
     n = actors or max(1, int(cpus // 2))
     # Leave room for the read tasks (0.5 CPU each): a pool holding every CPU deadlocks.
     per_actor = max(0.25, min(float(max(1, int(cpus // n))), (cpus - 0.5) / n))
     return n, per_actor, 0.0
 
 
-def embed_folder(input_uri: str, config: EmbedConfig, *, storage: Storage | None = None
-                 ) -> EmbedSummary:
+def embed_folder(input_uri: str, config: EmbedConfig, *, storage: Storage | None = None,
+                 resources: ResourceConfig | None = None) -> EmbedSummary:
     """Embed every image under ``input_uri`` into the store at ``config.output``.
 
-    Ray must be initialised (see :func:`icas_ray.runtime.init_ray`).
+    Starts or joins Ray as ``resources`` says (None = an embedded local Ray), unless this
+    process is connected already (see :func:`icas_ray.runtime.init_ray`).
 
     Raises:
         InputError: no images under ``input_uri``.
         ModelLoadError: the checkpoint is missing.
-        ConfigError: the store holds embeddings of another model.
+        ConfigError: the store holds embeddings of another model; ``gpu`` on an embedded Ray
+            without a GPU.
     """
     import ray
 
     from icas_ray.pipeline.read import listing_dataset, read_bytes_batch
+    from icas_ray.runtime import cluster_gpus, init_ray
     from icas_ray.serve.store import EmbeddingStore
 
     t0 = time.perf_counter()
@@ -180,7 +192,12 @@ def embed_folder(input_uri: str, config: EmbedConfig, *, storage: Storage | None
     if not files:
         raise InputError(f"no images under {input_uri!r}: check the path")
     done = store.ids()
-    n, cpus, gpus = _pool(config.actors)
+    init_ray(resources)
+    if config.gpu and (resources is None or resources.address is None) and cluster_gpus() < 1:
+        # On a cluster GPU nodes may still come (the autoscaler adds them for the demand).
+        raise ConfigError("--gpu: the embedded Ray sees no GPU on this machine: drop --gpu, "
+                          "or run on a cluster with GPU nodes (--address, ray job submit)")
+    n, cpus, gpus = _pool(config.actors, config.gpu)
     logger.info("embedding %d images with %d %s actor(s) (%d already stored) into %s",
                 len(files), n, "GPU" if gpus else "CPU", len(done), config.output)
     ds = listing_dataset(files, workers=n, min_rows=1).map_batches(

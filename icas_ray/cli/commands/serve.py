@@ -39,7 +39,9 @@ def _storage_dict(storage: Storage) -> dict[str, Any]:
               help="Autoscaling lower bound (with --max-replicas).")
 @click.option("--max-replicas", type=click.IntRange(min=1), default=None,
               help="Autoscaling upper bound.")
-@click.option("--gpu", is_flag=True, help="One GPU per replica.")
+@click.option("--gpu", is_flag=True,
+              help="One GPU per replica (on a cluster this asks the autoscaler for GPU nodes); "
+                   "without it replicas run on CPUs, even where a GPU is present.")
 @click.option("--replica-cpus", type=click.FloatRange(min=0.01), default=None,
               help="CPUs per replica.  [default: 1]")
 @click.option("--token", envvar="ICAS_SERVE_TOKEN", default=None,
@@ -86,7 +88,10 @@ def command(ctx: click.Context, checkpoint: str | None, model_type: str | None, 
     given: dict[str, Any] = {
         "checkpoint": checkpoint, "model_type": model_type, "num_replicas": replicas,
         "min_replicas": min_replicas, "max_replicas": max_replicas,
-        "num_gpus": 1.0 if gpu else None, "num_cpus": replica_cpus, "token": token,
+        # The device is explicit: a replica without --gpu reserves no GPU, and one that uses
+        # a node's GPU anyway (Ray leaves them visible) would compete for it unaccounted.
+        "num_gpus": 1.0 if gpu else None, "device": "cuda" if gpu else "cpu",
+        "num_cpus": replica_cpus, "token": token,
         "embedding_store": embedding_store, "image_store": image_store, "cache_mb": cache_mb,
         "storage_options": _storage_dict(storage) or None,
         "allowed_uri_prefixes": list(allow_uri) or None,
@@ -130,27 +135,36 @@ def run_server(args: Any, *, host: str, port: int, resources: Any) -> None:
 @click.option("--model-type", type=click.Choice(_MODEL_TYPES), required=True)
 @click.option("--output", metavar="URI", required=True, help="Embedding store (folder or s3://).")
 @click.option("--actors", type=click.IntRange(min=1), default=None,
-              help="Actor pool size.  [default: one per GPU, or one per 2 CPUs]")
+              help="Actor pool size.  [default: one per GPU with --gpu, else one per 2 CPUs]")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Images per actor call.  [default: 4]")
+@click.option("--gpu", is_flag=True, default=False,
+              help="One GPU per actor (on a cluster this asks the autoscaler for GPU nodes); "
+                   "without it the encoder runs on CPUs, even where a GPU is present.")
 @storage_options
 @ray_options
 def embed(input_uri: str, checkpoint: str, model_type: str, output: str, actors: int | None,
-          batch_size: int | None, storage: Storage, address: str | None,
+          batch_size: int | None, gpu: bool, storage: Storage, address: str | None,
           num_cpus: int | None) -> None:
     """Pre-compute SAM embeddings of every image under INPUT into the store at --output.
 
     Reruns skip images already stored; `icas serve --embeddings URI` answers those images
     without running the encoder.
+
+    \b
+    Examples:
+      icas serve embed ./photos --checkpoint ./sam_vit_b_01ec64.pth --model-type vit_b \\
+          --output ./photos-embeddings
+      icas serve embed s3://bucket/photos --checkpoint s3://models/sam_vit_h_4b8939.pth \\
+          --model-type vit_h --output s3://bucket/emb --gpu --address auto
     """
-    from icas_ray.runtime import init_ray
     from icas_ray.serve.embed import EmbedConfig, embed_folder
 
     config = EmbedConfig(**{k: v for k, v in {
         "model_type": model_type, "checkpoint": checkpoint, "output": output,
-        "actors": actors, "batch_size": batch_size}.items() if v is not None})
-    init_ray(resources_from(address, num_cpus))
-    s = embed_folder(input_uri, config, storage=storage)
+        "actors": actors, "batch_size": batch_size, "gpu": gpu}.items() if v is not None})
+    s = embed_folder(input_uri, config, storage=storage,
+                     resources=resources_from(address, num_cpus))
     for uri, reason in s.failed:
         click.echo(f"failed: {uri}: {reason}", err=True)
     click.echo(f"{s.total} images: {s.embedded} embedded, {s.skipped} already stored, "
