@@ -117,16 +117,23 @@ def _descendants(pid: int) -> list[int]:
 
 
 class MemorySampler:
-    """Peak RSS (bytes) of this process (and its descendants: the Ray processes) while active."""
+    """Peak RSS (bytes) of this process (and its descendants: the Ray processes) while active.
 
-    def __init__(self, tree: bool, period: float = 0.1) -> None:
-        self.tree, self.period = tree, period
+    ``root``: the process whose tree is sampled instead of this one (e.g. a child started with
+    ``subprocess.Popen``: ``bench_e2e`` samples each tool's whole process tree).
+    """
+
+    def __init__(self, tree: bool, period: float = 0.1, root: int | None = None) -> None:
+        self.tree, self.period, self.root = tree, period, root
         self.peak = self.base = 0
         self._stop = threading.Event()
 
+    def _pids(self) -> list[int]:
+        root = os.getpid() if self.root is None else self.root
+        return _descendants(root) if self.tree else [root]
+
     def _now(self) -> int:
-        pids = _descendants(os.getpid()) if self.tree else [os.getpid()]
-        return sum(_rss(p) for p in pids)
+        return sum(_rss(p) for p in self._pids())
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -425,10 +432,21 @@ def run_reference(path: str, files: list[str], method: RefMethod, threshold: flo
 
 
 # -- icas ----------------------------------------------------------------------------------------
-def run_icas_job(path: str, method: str, threshold: float, batch_size: int, strategy: str,
-                 params: dict | None = None, feature_compute: str = "tasks") -> dict[str, Any]:
+def manifest_pred(out: str, path: str) -> dict[str, Any]:
+    """The partition in ``<out>/manifest.parquet``: file name relative to ``path`` -> cluster id
+    (None for outliers and unreadable files)."""
     import pyarrow.parquet as pq
 
+    table = pq.read_table(os.path.join(out, "manifest.parquet")).to_pydict()
+    pred = {}
+    for uri, c in zip(table["uri"], table["cluster"]):
+        name = os.path.relpath(uri.removeprefix("file://"), path)
+        pred[name] = None if c is None or (isinstance(c, (int, np.integer)) and c < 0) else int(c)
+    return pred
+
+
+def run_icas_job(path: str, method: str, threshold: float, batch_size: int, strategy: str,
+                 params: dict | None = None, feature_compute: str = "tasks") -> dict[str, Any]:
     from icas_ray.pipeline.classic import cluster
     from icas_ray.pipeline.config import ClusterConfig
     from icas_ray.runtime import ResourceConfig
@@ -441,11 +459,7 @@ def run_icas_job(path: str, method: str, threshold: float, batch_size: int, stra
     with MemorySampler(tree=True) as mem:
         summary = cluster(path, out, cfg, resources=ResourceConfig(num_cpus=2))
     wall = time.perf_counter() - t
-    table = pq.read_table(os.path.join(out, "manifest.parquet")).to_pydict()
-    pred = {}
-    for uri, c in zip(table["uri"], table["cluster"]):
-        name = os.path.relpath(uri.removeprefix("file://"), path)
-        pred[name] = None if c is None or (isinstance(c, (int, np.integer)) and c < 0) else int(c)
+    pred = manifest_pred(out, path)
     shutil.rmtree(out, ignore_errors=True)
     return {"wall_s": round(wall, 3), "timings": summary["timings"], "comparisons": summary["comparisons"],
             "counts": summary["counts"], "peak_rss_mib": round(mem.peak / 2**20, 1),
