@@ -17,7 +17,7 @@ from typing import Any
 
 from icas_ray.errors import ConfigError
 
-__all__ = ["ResourceConfig", "init_ray", "loopback_env", "cluster_cpus", "cluster_gpus"]
+__all__ = ["ResourceConfig", "cluster_cpus", "cluster_gpus", "init_ray", "loopback_env"]
 
 logger = logging.getLogger(__name__)
 
@@ -101,14 +101,26 @@ def init_ray(resources: ResourceConfig | None = None) -> bool:
     else:
         kwargs["address"] = resources.address
         logger.info("connecting to the Ray cluster at %s", resources.address)
+    global _EMBEDDED
     try:
         ray.init(**kwargs)
+        _EMBEDDED = resources.address is None
     except ConnectionError as e:
         raise ConfigError(
             f"cannot connect to Ray at {resources.address!r}: start it with `ray start --head` "
             "or drop --address to use an embedded local Ray"
         ) from e
     return True
+
+
+#: Whether this process started the Ray it runs on (an embedded local Ray, of a fixed size).
+_EMBEDDED = False
+
+
+def is_embedded() -> bool:
+    """True when :func:`init_ray` started an embedded local Ray (it cannot grow); False on a
+    cluster (``--address``, ``ray job submit``), which an autoscaler may grow."""
+    return _EMBEDDED
 
 
 def cluster_cpus() -> float:

@@ -32,7 +32,7 @@ from icas_ray.paths import is_inside
 from icas_ray.pipeline.journal import Journal, RunLock, RunState
 from icas_ray.pipeline.read import DecodeImages, read_bytes_batch
 from icas_ray.progress import Progress
-from icas_ray.runtime import ResourceConfig, cluster_cpus, cluster_gpus, init_ray
+from icas_ray.runtime import ResourceConfig, cluster_cpus, cluster_gpus, init_ray, is_embedded
 from icas_ray.storage import FileInfo, Listing, Storage
 
 __all__ = [
@@ -206,6 +206,8 @@ def run_batches(files: Sequence[FileInfo], batches: np.ndarray, pending: set[int
     todo = [files[i] for i in sel]
     expected = {b: int(c) for b, c in zip(*np.unique(batches[sel], return_counts=True))}
     cpus = cluster_cpus()
+    # A cluster (--address) may grow while the job runs; an embedded Ray keeps its size.
+    grows = not is_embedded()
     method = config.feature_method()
     # --gpu: the stages that use a GPU ask for one (so an autoscaling cluster adds GPU nodes);
     # without it nothing assumes a GPU, even where one is present.
@@ -217,7 +219,10 @@ def run_batches(files: Sequence[FileInfo], batches: np.ndarray, pending: set[int
     # Four blocks per worker, of up to 1024 rows: a task per block (the default compute)
     # costs a worker lease and a scheduling round, which on 8000 minhash images made blocks of
     # 250 rows slower than blocks of 1000.
-    ds = listing_dataset(todo, columns={"batch": batches[sel], "row": sel}, workers=workers,
+    # (At least 128 rows each: on a cluster that starts small, more blocks than its first
+    # workers let the tasks spread over the nodes it adds.)
+    ds = listing_dataset(todo, columns={"batch": batches[sel], "row": sel},
+                         workers=max(workers, len(todo) // (4 * 128)) if grows else workers,
                          max_rows=1024, blocks_per_worker=4)
     # Rows come back roughly in listing order (= batch order); the driver buffers partial
     # batches, so strict ordering (which stalls the pipeline) is not needed.
@@ -225,16 +230,22 @@ def run_batches(files: Sequence[FileInfo], batches: np.ndarray, pending: set[int
     job = {"method": config.method, "params": dict(config.method_params),
            "storage": layout.storage, "read": config.read_config()}
     if config.feature_compute == "actors":
+        # On a cluster the pool grows with it, up to 16 actors (a new node's CPUs are free
+        # for the batch tasks until the pool scales up onto them).
+        pool = (ray.data.ActorPoolStrategy(min_size=workers, max_size=max(workers, 16)) if grows
+                else ray.data.ActorPoolStrategy(size=workers))
         ds = ds.map_batches(FeatureExtractor, fn_constructor_kwargs=job,
                             batch_size=_ROWS_PER_UDF_CALL, batch_format="numpy", num_cpus=0.5,
                             num_gpus=0.5 if config.gpu and method.loads_model else 0,
-                            compute=ray.data.ActorPoolStrategy(size=workers))
+                            compute=pool)
     else:
         # Tasks start in Ray's pooled worker processes; each actor of a pool is a new process
         # (2-3 s more per job on a 2-CPU machine: benchmarks/feature_compute.md).
+        # On a cluster the tasks follow its growth (no fixed pool size).
+        size = None if grows else min(workers, ds.num_blocks())
         ds = ds.map_batches(extract_task, fn_kwargs=job, batch_size=_ROWS_PER_UDF_CALL,
                             batch_format="numpy", num_cpus=0.5,
-                            compute=ray.data.TaskPoolStrategy(size=min(workers, ds.num_blocks())))
+                            compute=ray.data.TaskPoolStrategy(size=size))
     batch_fn = ray.remote(batch_task).options(num_cpus=1, num_gpus=0.25 if use_gpu else 0)
     buffers: dict[int, list[dict[str, np.ndarray]]] = defaultdict(list)
     counts: dict[int, int] = defaultdict(int)
@@ -292,6 +303,8 @@ def run_batches(files: Sequence[FileInfo], batches: np.ndarray, pending: set[int
             if counts[int(b)] == expected[int(b)]:
                 submit(int(b))
         reap(block=False)
+        if grows:
+            cpus = cluster_cpus()
         while len(in_flight) > max(2, int(cpus)):
             reap(block=True)
     if collector is not None and threshold is None:  # defensive: sampled rows arrived short
@@ -365,6 +378,37 @@ def pending_batches(state: RunState, config: Any, n_batches: int, root: str) -> 
     return done, pending
 
 
+def _import_driver_modules(config: Any) -> None:
+    """Import what the driver needs once Ray is up (Ray Data, the threshold's HDBSCAN, the
+    tables' writer: seconds on a small machine) while ``ray.init`` waits for Ray's processes."""
+    import importlib
+
+    names = ["ray.data", "pyarrow.parquet", "icas_ray.pipeline.results"]
+    if getattr(config, "threshold", None) is None or getattr(config, "cluster_model", None):
+        names += ["sklearn.cluster", "icas_ray.threshold"]
+    for name in names:
+        importlib.import_module(name)
+
+
+def _warm_worker() -> None:
+    """Import the feature stage in a Ray worker, as its first task would: this module (numpy,
+    OpenCV, the methods) when the task is unpickled, then Ray Data's task code and the batch
+    clustering."""
+    import ray.data  # noqa: F401
+
+    import icas_ray.clustering  # noqa: F401
+
+
+def warm_workers(config: Any) -> None:
+    """Have Ray's idle workers import the feature stage while the driver still lists the
+    inputs (fire and forget: a worker that is busy or gone costs nothing)."""
+    import ray
+
+    task = ray.remote(_warm_worker).options(num_cpus=0.5 if config.feature_compute == "tasks" else 0.25)
+    for _ in range(max(1, int(2 * cluster_cpus()))):
+        task.remote()
+
+
 @dataclass
 class OpenRun:
     """A run opened by :func:`open_run`: its journal and state, and the listing (with each
@@ -402,7 +446,9 @@ def open_run(input_uri: str, output: str | None, config: Any, storage: Storage,
             def timed_listing() -> tuple[Listing, np.ndarray, float]:
                 t = time.monotonic()
                 listing, batches = list_inputs(input_uri, journal, config, state.resume, progress)
-                return listing, batches, time.monotonic() - t
+                listing_s = time.monotonic() - t
+                _import_driver_modules(config)
+                return listing, batches, listing_s
 
             listed = pool.submit(timed_listing)
             try:
@@ -410,6 +456,7 @@ def open_run(input_uri: str, output: str | None, config: Any, storage: Storage,
             except BaseException:
                 listed.cancel()
                 raise
+            warm_workers(config)
             listing, batches, listing_s = listed.result()
         if getattr(config, "gpu", False) and (resources is None or resources.address is None) \
                 and cluster_gpus() < 1:
