@@ -178,7 +178,8 @@ def process_batch(batch: int, *, uris: Sequence[str], sizes: np.ndarray, status:
     status = np.asarray(status, dtype=object)
     ok = np.flatnonzero(status == "ok")
     edges = build_edges(len(ok), _kernel(method, features, device), threshold,
-                        strategy=strategy, time_limit_s=time_limit_s)
+                        strategy=strategy, time_limit_s=time_limit_s,
+                        candidates=method.candidates(features) if len(ok) > 1 else None)
     labels = np.full(len(uris), UNREADABLE, np.int32)
     labels[ok] = cluster_labels(components(len(ok), edges.a, edges.b))
     rep_local, rep_unit = representatives(labels[ok], per_cluster=merge_reps,
@@ -363,7 +364,8 @@ def merge_batches(results: Sequence[BatchResult], method: FeatureMethod, thresho
     if len(results) > 1 and n_reps > 1:
         edges = build_edges(n_reps, _kernel(method, feats, device), threshold, strategy=strategy,
                             groups=groups, time_limit_s=time_limit_s, units=rep_units,
-                            threads=threads if device is None else 1)
+                            threads=threads if device is None else 1,
+                            candidates=method.candidates(feats, groups=groups))
     else:
         edges = build_edges(0, lambda r, c: np.zeros((0, 0)), threshold)  # no items, no calls
     cluster = _final_clusters(results, unit_offset, total_units,

@@ -116,6 +116,16 @@ class FeatureMethod(ABC):
         """The same matrix computed with torch on ``device``; defaults to :meth:`pairwise`."""
         return self.pairwise(a, b)
 
+    def candidates(self, features: Features, *, groups: np.ndarray | None = None,
+                   ) -> np.ndarray | None:
+        """A shortlist of the pairs worth scoring among ``features``' images, for methods whose
+        pair is expensive: ``(P, 2) int64`` indices (see
+        :func:`icas_ray.graph.nearest_pairs`); pairs left out count as not similar. ``groups``:
+        ``(N,)`` ids whose pairs within one group will not be scored (the merge's batches), so
+        the shortlist should look past them. Default None: every pair is scored.
+        """
+        return None
+
     def describe(self) -> dict[str, Any]:
         return {"method": self.name, **dataclasses.asdict(self.params)}
 
