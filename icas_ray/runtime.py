@@ -17,7 +17,8 @@ from typing import Any
 
 from icas_ray.errors import ConfigError
 
-__all__ = ["ResourceConfig", "cluster_cpus", "cluster_gpus", "init_ray", "loopback_env"]
+__all__ = ["ResourceConfig", "check_gpu_request", "cluster_cpus", "cluster_gpus", "init_ray",
+           "is_embedded", "loopback_env"]
 
 logger = logging.getLogger(__name__)
 
@@ -135,3 +136,12 @@ def cluster_gpus() -> float:
     import ray
 
     return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+def check_gpu_request(gpu: bool, resources: ResourceConfig | None) -> None:
+    """``--gpu`` on an embedded Ray without a GPU: one line, instead of tasks waiting forever
+    for a GPU that cannot come (on a cluster GPU nodes may still come: the autoscaler adds
+    them for the demand). Call it once Ray is up."""
+    if gpu and (resources is None or resources.address is None) and cluster_gpus() < 1:
+        raise ConfigError("--gpu: the embedded Ray sees no GPU on this machine: drop --gpu, "
+                          "or run on a cluster with GPU nodes (--address, ray job submit)")

@@ -43,7 +43,7 @@ from icas_ray.pipeline.read import (
     read_bytes_batch,
 )
 from icas_ray.progress import NullProgress, Progress
-from icas_ray.runtime import ResourceConfig, cluster_cpus, cluster_gpus, init_ray
+from icas_ray.runtime import ResourceConfig, check_gpu_request, cluster_cpus, cluster_gpus, init_ray
 from icas_ray.segment import SegmentMethod, get_method
 from icas_ray.segment.store import (
     LABELS_NPZ,
@@ -341,14 +341,6 @@ def _stored_row(storage: Storage, layout: PresegLayout, uri: str) -> dict[str, A
     return None
 
 
-def _check_gpu(config: PresegmentConfig, resources: ResourceConfig | None) -> None:
-    """``gpu`` on an embedded Ray without a GPU: one line instead of actors waiting forever
-    (on a cluster, GPU nodes may still come: the autoscaler adds them for the demand)."""
-    if config.gpu and (resources is None or resources.address is None) and cluster_gpus() < 1:
-        raise ConfigError("--gpu: the embedded Ray sees no GPU on this machine: drop --gpu, "
-                          "or run on a cluster with GPU nodes (--address, ray job submit)")
-
-
 def _pool(config: PresegmentConfig, images: int) -> dict[str, Any]:
     """The actor pool: its most actors and what each reserves and uses (``_segment_dataset``
     and :class:`SegmentImages` keywords)."""
@@ -390,7 +382,7 @@ def presegment(config: PresegmentConfig, *, storage: Storage | None = None,
                                 images=len(files), skipped=len(files) - len(todo))
     if todo:
         init_ray(resources)
-        _check_gpu(config, resources)
+        check_gpu_request(config.gpu, resources)
     storage.write_text(layout.params_uri, json.dumps(plan.record, indent=2))
     logger.info("segmenting %d image(s) with %s (%d already done)", len(todo), method.name,
                 summary.skipped)

@@ -32,7 +32,7 @@ from icas_ray.paths import is_inside
 from icas_ray.pipeline.journal import Journal, RunLock, RunState
 from icas_ray.pipeline.read import DecodeImages, read_bytes_batch
 from icas_ray.progress import Progress
-from icas_ray.runtime import ResourceConfig, cluster_cpus, cluster_gpus, init_ray, is_embedded
+from icas_ray.runtime import ResourceConfig, check_gpu_request, cluster_cpus, init_ray, is_embedded
 from icas_ray.storage import FileInfo, Listing, Storage
 
 __all__ = [
@@ -458,8 +458,5 @@ def open_run(input_uri: str, output: str | None, config: Any, storage: Storage,
                 raise
             warm_workers(config)
             listing, batches, listing_s = listed.result()
-        if getattr(config, "gpu", False) and (resources is None or resources.address is None) \
-                and cluster_gpus() < 1:
-            raise ConfigError("--gpu: the embedded Ray sees no GPU on this machine: drop --gpu, "
-                              "or run on a cluster with GPU nodes (--address, ray job submit)")
+        check_gpu_request(bool(getattr(config, "gpu", False)), resources)
         yield OpenRun(journal, state, listing, batches, round(listing_s, 3))

@@ -14,7 +14,6 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-
 import numpy as np
 
 from icas_ray.errors import ConfigError, InputError
@@ -180,7 +179,7 @@ def embed_folder(input_uri: str, config: EmbedConfig, *, storage: Storage | None
     import ray
 
     from icas_ray.pipeline.read import listing_dataset, read_bytes_batch
-    from icas_ray.runtime import cluster_gpus, init_ray
+    from icas_ray.runtime import check_gpu_request, init_ray
     from icas_ray.serve.store import EmbeddingStore
 
     t0 = time.perf_counter()
@@ -193,10 +192,7 @@ def embed_folder(input_uri: str, config: EmbedConfig, *, storage: Storage | None
         raise InputError(f"no images under {input_uri!r}: check the path")
     done = store.ids()
     init_ray(resources)
-    if config.gpu and (resources is None or resources.address is None) and cluster_gpus() < 1:
-        # On a cluster GPU nodes may still come (the autoscaler adds them for the demand).
-        raise ConfigError("--gpu: the embedded Ray sees no GPU on this machine: drop --gpu, "
-                          "or run on a cluster with GPU nodes (--address, ray job submit)")
+    check_gpu_request(config.gpu, resources)
     n, cpus, gpus = _pool(config.actors, config.gpu)
     logger.info("embedding %d images with %d %s actor(s) (%d already stored) into %s",
                 len(files), n, "GPU" if gpus else "CPU", len(done), config.output)
