@@ -99,7 +99,8 @@ def _alive(pid: int, start: str | None) -> bool:
 class RunLock:
     """One run per output folder at a time.
 
-    Local: ``lock.json`` created exclusively (``O_EXCL``). S3: an object written only if
+    Local: ``lock.json`` created exclusively (written under a temp name, then hard-linked:
+    the link fails if the lock exists). S3: an object written only if
     absent (``If-None-Match: *``). A lock left by a process of this host that is gone (a
     kill -9) is stale and taken over; a lock of another host is reported with the way out.
     """
@@ -121,12 +122,17 @@ class RunLock:
         fs, path = st.fs(self.uri)
         if not is_remote(self.uri):
             os.makedirs(os.path.dirname(path), exist_ok=True)
+            # Written whole under a temp name, then hard-linked to the lock's name (which fails
+            # if it exists): another run never reads a lock that is still empty.
+            temp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{self.run_id}.tmp")
+            with open(temp, "wb") as fh:
+                fh.write(self._body())
             try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                os.link(temp, path)
             except FileExistsError:
                 return False
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(self._body())
+            finally:
+                os.unlink(temp)
             return True
         bucket, key = path.split("/", 1)
         try:
