@@ -2,7 +2,8 @@
 
 1. List the images (sorted by size) and cut them into batches; the listing is saved so that a
    resumed run sees the same files even after some were moved.
-2. Ray Data tasks (or an actor pool) read, decode and extract features (one CPU-bound stage:
+2. Ray tasks over chunks of the listing (or a Ray Data actor pool, for methods that load a
+   model) read, decode and extract features (one CPU-bound stage:
    decoded pixels never cross the object store, only features do). Rows reach the driver in any
    order; the driver assembles each batch in listing order.
 3. Each complete batch goes to a similarity task, beside the feature workers: its graph,

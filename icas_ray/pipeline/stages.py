@@ -5,7 +5,7 @@
   starts;
 * :func:`list_inputs`: the listing, saved in the journal (a resumed run sees the same files);
 * :class:`FeatureExtractor` / :func:`extract_task`: read, decode and extract features in Ray
-  Data (an actor pool, or pooled task workers);
+  tasks (pooled worker processes), or a Ray Data actor pool for methods that load a model;
 * :func:`run_batches`: that stage, and a task per complete batch that clusters it;
 * :func:`failpoint`: the tests' hook to die at an exact point.
 """
@@ -69,7 +69,7 @@ def failpoint(name: str, count: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Ray Data UDFs (adapters over pure code)
+# Feature extraction in Ray (adapters over pure code)
 
 
 class FeatureExtractor:
@@ -80,8 +80,9 @@ class FeatureExtractor:
     pixels then never leave the process (between two map stages, even fused ones, Ray Data
     turns them into an Arrow block and back), and only the features go on.
 
-    Ray Data runs it as an actor pool (``feature_compute="actors"``: the class is the UDF)
-    or in tasks (:func:`extract_task`: one instance per worker process, kept between tasks).
+    Ray Data runs it as an actor pool (``feature_compute="actors"``: the class is the UDF);
+    feature tasks use it through :func:`extract_task` (one instance per worker process, kept
+    between tasks).
     """
 
     def __init__(self, method: str, params: dict[str, Any], storage: Storage, read: ReadConfig) -> None:
@@ -113,8 +114,8 @@ _TASK_EXTRACTOR: tuple[tuple[Any, ...], FeatureExtractor] | None = None
 
 def extract_task(batch: dict[str, np.ndarray], *, method: str, params: dict[str, Any],
                   storage: Storage, read: ReadConfig) -> dict[str, np.ndarray]:
-    """Ray Data task UDF: :class:`FeatureExtractor` built once per worker process and job
-    (Ray reuses task workers, so its tables, e.g. minhash's grid hashes, are built once)."""
+    """:class:`FeatureExtractor` built once per worker process and job (Ray reuses task
+    workers, so its tables, e.g. minhash's grid hashes, are built once)."""
     global _TASK_EXTRACTOR
     key = (method, sorted(params.items()), storage.options, read)
     if _TASK_EXTRACTOR is None or _TASK_EXTRACTOR[0] != key:
@@ -122,8 +123,82 @@ def extract_task(batch: dict[str, np.ndarray], *, method: str, params: dict[str,
     return _TASK_EXTRACTOR[1](batch)
 
 
-#: Rows per Ray Data batch for decoding and features.
+#: Rows per call of the feature extractor (decoded pixels held at once), and per feature task
+#: at most (a task costs milliseconds to schedule; small chunks spread work evenly).
 _ROWS_PER_UDF_CALL = 64
+_MAX_ROWS_PER_TASK = 512
+
+
+def _extract_chunk(uris: list[str], sizes: np.ndarray, columns: dict[str, np.ndarray],
+                   job: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Task: the features of a chunk of the listing, extracted ``_ROWS_PER_UDF_CALL`` rows at
+    a time (bounding the decoded pixels held at once)."""
+    rows = {"uri": np.asarray(uris, dtype=object), "size": np.asarray(sizes), **columns}
+    out = [extract_task({k: v[i:i + _ROWS_PER_UDF_CALL] for k, v in rows.items()}, **job)
+           for i in range(0, len(uris), _ROWS_PER_UDF_CALL)]
+    return {k: np.concatenate([o[k] for o in out]) for k in out[0]}
+
+
+def _task_parts(todo: Sequence[FileInfo], columns: dict[str, np.ndarray], job: dict[str, Any],
+                *, grows: bool) -> Iterator[dict[str, np.ndarray]]:
+    """The features of ``todo`` from Ray tasks over chunks of it, in order of completion.
+
+    Plain tasks, not a Ray Data stage: Ray Data starts two actors and a streaming executor per
+    job, which on a 2-core machine doubled the feature phase of 2,000 images (7.5-11.8 s
+    against 14.9-22.6 s, side by side); a task here costs a scheduling round (milliseconds).
+    Tasks run in Ray's pooled worker processes (kept between jobs of the same driver). Two
+    tasks per CPU are in flight (one running, one queued), with the count read again as the
+    cluster grows; a task lost with its node is retried by Ray elsewhere.
+    """
+    import ray
+
+    slots = max(1, int(cluster_cpus()))
+    step = int(np.clip(-(-len(todo) // (4 * slots)), 16, _MAX_ROWS_PER_TASK))
+    task = ray.remote(_extract_chunk).options(num_cpus=1, max_retries=3)
+    job_ref = ray.put(job)
+    starts = iter(range(0, len(todo), step))
+    in_flight: list[Any] = []
+    while True:
+        while len(in_flight) < 2 * slots:
+            i = next(starts, None)
+            if i is None:
+                break
+            chunk = todo[i:i + step]
+            in_flight.append(task.remote([f.uri for f in chunk], np.array([f.size for f in chunk]),
+                                         {k: np.asarray(v[i:i + step]) for k, v in columns.items()},
+                                         job_ref))
+        if not in_flight:
+            return
+        ready, in_flight = ray.wait(in_flight, num_returns=1)
+        yield ray.get(ready[0])
+        if grows:
+            slots = max(1, int(cluster_cpus()))
+
+
+def _actor_pool_parts(todo: Sequence[FileInfo], columns: dict[str, np.ndarray],
+                      job: dict[str, Any], *, cpus: float, grows: bool, gpu: bool,
+                      ) -> Iterator[dict[str, np.ndarray]]:
+    """The features of ``todo`` from a Ray Data actor pool of :class:`FeatureExtractor`
+    (methods that load a model: each actor loads it once)."""
+    import ray
+
+    from icas_ray.pipeline.read import listing_dataset
+
+    # Fractional CPUs: a 2-CPU machine must fit the actors and the batch tasks at once (actors
+    # holding every CPU deadlock the job: the driver waits on a batch task that cannot start).
+    # Each actor is a process for the job: the pool is capped.
+    workers = max(1, min(16, int(cpus)))
+    ds = listing_dataset(todo, columns=columns, max_rows=1024, blocks_per_worker=4,
+                         workers=max(workers, len(todo) // (4 * 128)) if grows else workers)
+    # Rows come back roughly in listing order (= batch order); the driver buffers partial
+    # batches, so strict ordering (which stalls the pipeline) is not needed.
+    ds.context.execution_options.preserve_order = False
+    # On a cluster the pool grows with it, up to 16 actors.
+    pool = (ray.data.ActorPoolStrategy(min_size=workers, max_size=max(workers, 16)) if grows
+            else ray.data.ActorPoolStrategy(size=workers))
+    ds = ds.map_batches(FeatureExtractor, fn_constructor_kwargs=job, batch_size=_ROWS_PER_UDF_CALL,
+                        batch_format="numpy", num_cpus=0.5, num_gpus=0.5 if gpu else 0, compute=pool)
+    yield from ds.iter_batches(batch_size=_ROWS_PER_UDF_CALL * 4, batch_format="numpy")
 
 
 @dataclass
@@ -169,8 +244,9 @@ def run_batches(files: Sequence[FileInfo], batches: np.ndarray, pending: set[int
                 threshold: float | None, layout: Layout, progress: Progress, *,
                 batch_task: Callable[..., Any], sample: ThresholdSample | None = None,
                 ) -> tuple[int, list[Any], float | None]:
-    """Features (a Ray Data stage) and per-batch clustering (``batch_task`` in a Ray task per
-    complete batch, beside the feature workers) of the pending batches.
+    """Features (Ray tasks over chunks of the listing, or a Ray Data actor pool) and per-batch
+    clustering (``batch_task`` in a Ray task per complete batch, beside the feature work) of
+    the pending batches.
 
     With ``sample`` (and no ``threshold``), the sampled images are extracted first and the
     threshold is decided from their features as soon as all have arrived; batches complete
@@ -192,7 +268,6 @@ def run_batches(files: Sequence[FileInfo], batches: np.ndarray, pending: set[int
     """
     import ray
 
-    from icas_ray.pipeline.read import listing_dataset
 
     if not pending:
         return 0, [], threshold
@@ -212,40 +287,14 @@ def run_batches(files: Sequence[FileInfo], batches: np.ndarray, pending: set[int
     # --gpu: the stages that use a GPU ask for one (so an autoscaling cluster adds GPU nodes);
     # without it nothing assumes a GPU, even where one is present.
     use_gpu = bool(config.gpu) and method.has_torch
-    # Fractional CPUs: a 2-CPU machine must fit feature workers and batch tasks at once
-    # (whole-CPU actors deadlock Ray Data there). Half the CPUs go to features; the batch tasks
-    # and the driver use the rest. An actor pool is capped (each actor is a process for the job).
-    workers = max(1, int(cpus)) if config.feature_compute == "tasks" else max(1, min(16, int(cpus)))
-    # Four blocks per worker, of up to 1024 rows: a task per block (the default compute)
-    # costs a worker lease and a scheduling round, which on 8000 minhash images made blocks of
-    # 250 rows slower than blocks of 1000.
-    # (At least 128 rows each: on a cluster that starts small, more blocks than its first
-    # workers let the tasks spread over the nodes it adds.)
-    ds = listing_dataset(todo, columns={"batch": batches[sel], "row": sel},
-                         workers=max(workers, len(todo) // (4 * 128)) if grows else workers,
-                         max_rows=1024, blocks_per_worker=4)
-    # Rows come back roughly in listing order (= batch order); the driver buffers partial
-    # batches, so strict ordering (which stalls the pipeline) is not needed.
-    ds.context.execution_options.preserve_order = False
     job = {"method": config.method, "params": dict(config.method_params),
            "storage": layout.storage, "read": config.read_config()}
+    columns = {"batch": batches[sel], "row": sel}
     if config.feature_compute == "actors":
-        # On a cluster the pool grows with it, up to 16 actors (a new node's CPUs are free
-        # for the batch tasks until the pool scales up onto them).
-        pool = (ray.data.ActorPoolStrategy(min_size=workers, max_size=max(workers, 16)) if grows
-                else ray.data.ActorPoolStrategy(size=workers))
-        ds = ds.map_batches(FeatureExtractor, fn_constructor_kwargs=job,
-                            batch_size=_ROWS_PER_UDF_CALL, batch_format="numpy", num_cpus=0.5,
-                            num_gpus=0.5 if config.gpu and method.loads_model else 0,
-                            compute=pool)
+        parts = _actor_pool_parts(todo, columns, job, cpus=cpus, grows=grows,
+                                  gpu=bool(config.gpu) and method.loads_model)
     else:
-        # Tasks start in Ray's pooled worker processes; each actor of a pool is a new process
-        # (2-3 s more per job on a 2-CPU machine: benchmarks/feature_compute.md).
-        # On a cluster the tasks follow its growth (no fixed pool size).
-        size = None if grows else min(workers, ds.num_blocks())
-        ds = ds.map_batches(extract_task, fn_kwargs=job, batch_size=_ROWS_PER_UDF_CALL,
-                            batch_format="numpy", num_cpus=0.5,
-                            compute=ray.data.TaskPoolStrategy(size=size))
+        parts = _task_parts(todo, columns, job, grows=grows)
     batch_fn = ray.remote(batch_task).options(num_cpus=1, num_gpus=0.25 if use_gpu else 0)
     buffers: dict[int, list[dict[str, np.ndarray]]] = defaultdict(list)
     counts: dict[int, int] = defaultdict(int)
@@ -286,7 +335,7 @@ def run_batches(files: Sequence[FileInfo], batches: np.ndarray, pending: set[int
             if block:
                 return
 
-    for part in ds.iter_batches(batch_size=_ROWS_PER_UDF_CALL * 4, batch_format="numpy"):
+    for part in parts:
         seen += len(part["uri"])
         progress.advance("features", seen, len(todo))
         if collector is not None and threshold is None:
@@ -379,11 +428,14 @@ def pending_batches(state: RunState, config: Any, n_batches: int, root: str) -> 
 
 
 def _import_driver_modules(config: Any) -> None:
-    """Import what the driver needs once Ray is up (Ray Data, the threshold's HDBSCAN, the
-    tables' writer: seconds on a small machine) while ``ray.init`` waits for Ray's processes."""
+    """Import what the driver needs once Ray is up (the threshold's HDBSCAN, the tables'
+    writer, Ray Data for an actor pool: seconds on a small machine) while ``ray.init`` waits
+    for Ray's processes."""
     import importlib
 
-    names = ["ray.data", "pyarrow.parquet", "icas_ray.pipeline.results"]
+    names = ["pyarrow.parquet", "icas_ray.pipeline.results"]
+    if getattr(config, "feature_compute", None) == "actors":
+        names.append("ray.data")
     if getattr(config, "threshold", None) is None or getattr(config, "cluster_model", None):
         names += ["sklearn.cluster", "icas_ray.threshold"]
     for name in names:
@@ -392,10 +444,7 @@ def _import_driver_modules(config: Any) -> None:
 
 def _warm_worker() -> None:
     """Import the feature stage in a Ray worker, as its first task would: this module (numpy,
-    OpenCV, the methods) when the task is unpickled, then Ray Data's task code and the batch
-    clustering."""
-    import ray.data  # noqa: F401
-
+    OpenCV, the methods) when the task is unpickled, then the batch clustering."""
     import icas_ray.clustering  # noqa: F401
 
 
@@ -404,7 +453,7 @@ def warm_workers(config: Any) -> None:
     inputs (fire and forget: a worker that is busy or gone costs nothing)."""
     import ray
 
-    task = ray.remote(_warm_worker).options(num_cpus=0.5 if config.feature_compute == "tasks" else 0.25)
+    task = ray.remote(_warm_worker).options(num_cpus=1 if config.feature_compute == "tasks" else 0.25)
     for _ in range(max(1, int(2 * cluster_cpus()))):
         task.remote()
 
