@@ -170,6 +170,28 @@ def test_orb_similarity_identical_and_different():  # type: ignore[no-untyped-de
     assert sim[0, 1] > sim[0, 2]
 
 
+def test_orb_kernel_is_the_cross_checked_bfmatcher():  # type: ignore[no-untyped-def]
+    import cv2
+    import skimage.data
+
+    imgs = [np.repeat(x[..., None], 3, 2) for x in (
+        skimage.data.camera()[::2, ::2], skimage.data.camera()[10:250, 20:260],
+        skimage.data.coins()[:256, :256], np.full((64, 64), 200, np.uint8))]
+    m = get_method("ORB")
+    feats = m.extract(imgs)
+    matcher = cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True)
+    want = np.zeros((4, 4), np.float32)
+    for i in range(4):
+        for j in range(4):
+            da, db = (feats["desc"][k][:feats["count"][k]] for k in (i, j))
+            d = np.array([x.distance for x in matcher.match(da, db)]) if len(da) and len(db) else []
+            want[i, j] = np.mean((d < 0.75 * d.max()) | (d == 0)) if len(d) else 0.0
+    assert feats["count"][3] == 0  # a flat image has no keypoints: similarity 0
+    np.testing.assert_allclose(m.pairwise(feats, dict(feats)), want, atol=1e-6)
+    # a set against itself is matched once per pair and mirrored
+    np.testing.assert_allclose(m.pairwise(feats, feats), want, atol=1e-6)
+
+
 def test_ssim_brings_sizes_together_instead_of_minus_inf():  # type: ignore[no-untyped-def]
     from icas_ray.images import ReadConfig, decode
     import io
