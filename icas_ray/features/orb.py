@@ -36,8 +36,11 @@ __all__ = ["ORBMethod", "bag_of_words", "orb_similarity", "word_weights"]
 
 #: Visual words: ``_TABLES`` tables, each reading ``_WORD_BITS`` fixed bits of a descriptor as
 #: a word id (bit sampling, the locality-sensitive hash of Hamming space: descriptors a few
-#: bits apart mostly share their words); 4 x 256 words. Measured on the generated digits and
-#: near-duplicates against matching every pair (see ``ORBParams.shortlist``).
+#: bits apart mostly share their words); 4 x 256 words. Fixed bits rather than a vocabulary of
+#: descriptors (each assigned to its nearest word by Hamming distance): on 1000 generated
+#: digits 99.9% of each image's 30 nearest show its digit (100% with 1024 words sampled from
+#: the batch), at 0.07 s of CPU instead of 1.5 s, and nothing to learn or ship, so features
+#: extracted in different tasks, the batches and the merge all share one vocabulary.
 _TABLES = 4
 _WORD_BITS = 8
 _SEED = 0
@@ -50,7 +53,9 @@ class ORBParams:
         ratio: a match is good when its distance < ratio * the pair's largest match distance.
         shortlist: match each image only with its ``shortlist`` nearest images by bag of
             visual words (and the pairs where it is among theirs); 0 matches every pair (slow:
-            a batch of 1000 is half a million pairs).
+            a batch of 1000 is half a million pairs). 30: on 475 generated near-duplicates
+            (25 of each photo) it finds every pair above 0.95 that matching every pair finds
+            (20: 96%), and the same clusters; larger groups are joined through chains.
     """
 
     nfeatures: int = 500
