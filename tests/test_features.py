@@ -62,7 +62,7 @@ def test_imagehash_bits_agree_with_the_library():  # type: ignore[no-untyped-def
     hashes = [imagehash.phash(Image.fromarray(i), hash_size=8) for i in imgs]
     ref_bits = np.array([h.hash.ravel() for h in hashes])
     agreement = (bits == ref_bits).mean(axis=1)
-    assert agreement.mean() >= 0.95 and agreement.min() >= 0.85, agreement
+    assert agreement.mean() >= 0.9 and agreement.min() >= 0.8, agreement  # 0.95 and 0.875 measured
     sim = m.pairwise(feats, feats)
     ref = np.array([[1 - (a - b) / 64 for b in hashes] for a in hashes])
     assert np.abs(sim - ref).mean() < 0.05
