@@ -314,13 +314,6 @@ def test_the_merge_node_lost_mid_merge(  # type: ignore[no-untyped-def]
     _same_partition(run, _check_results(run), undisturbed)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "a writer task retried after its node died finds the files its first attempt copied: they "
-    "are not in the `existing` listing the driver took before the writing phase, so "
-    "journal.transfer_group's transfer_new raises DestinationExists and each is reported as "
-    "'appeared during the transfer and was not written by this run' (8 to 128 transfer errors "
-    "in 4 runs, as many as the lost tasks had copied); fix: a destination whose content is the "
-    "source's is this run's copy, as for a destination listed before the run"))
 def test_a_worker_node_lost_while_writing(  # type: ignore[no-untyped-def]
         undisturbed: Run, digits200: str, tmp_path) -> None:
     # The first writer task's first attempt waits (up to HOLD_S), its files transferred and

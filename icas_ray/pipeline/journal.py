@@ -457,6 +457,17 @@ def transfer_group(items: Sequence[tuple[str, str]], mode: str, storage: Storage
             except InputError:
                 outcome[dst] = f"error: source {src} is missing"
                 continue
+            except DestinationExists:
+                # Not there when the output was listed: an earlier attempt of this task (Ray
+                # retries it when its node dies) made it, if it holds the source's content.
+                h = storage.content_hash(src)
+                if storage.content_hash(dst) != h:
+                    raise
+                new.append(TransferRecord(src, dst, storage.size(dst), h))
+                outcome[dst] = "skipped"
+                if move:
+                    delete.append((src, dst, None))  # just compared
+                continue
             new.append(TransferRecord(src, dst, size, md5))
             outcome[dst] = "done"
             if move:
