@@ -1,5 +1,5 @@
 """``python -m icas_ray`` runs the ``icas`` command line."""
 
-from icas_ray.cli import main
+from icas_ray.cli import run
 
-main()
+run()

@@ -381,7 +381,7 @@ def presegment(config: PresegmentConfig, *, storage: Storage | None = None,
     summary = PresegmentSummary(method=method.name, input=config.input, output=layout.output,
                                 images=len(files), skipped=len(files) - len(todo))
     if todo:
-        init_ray(resources)
+        init_ray(resources, lean=True)
         check_gpu_request(config.gpu, resources)
     storage.write_text(layout.params_uri, json.dumps(plan.record, indent=2))
     logger.info("segmenting %d image(s) with %s (%d already done)", len(todo), method.name,

@@ -501,7 +501,7 @@ def open_run(input_uri: str, output: str | None, config: Any, storage: Storage,
 
             listed = pool.submit(timed_listing)
             try:
-                init_ray(resources)
+                init_ray(resources, lean=True)
             except BaseException:
                 listed.cancel()
                 raise

@@ -53,7 +53,7 @@ def command(input_uri: str, method: str, params: tuple[str, ...], sample: int | 
         from icas_ray.errors import InputError
 
         raise InputError(f"found {len(files)} image(s) under {input_uri!r}: a threshold needs at least 2")
-    init_ray(resources_from(address, num_cpus))
+    init_ray(resources_from(address, num_cpus), lean=True)
     sims = sample_similarities(files, config, storage=storage, sample=sample)
     suggestion = suggest_threshold(sims.matrix, config.feature_method())
     curve = threshold_curve(sims.values, sims.nearest, len(files))
