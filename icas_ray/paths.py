@@ -23,7 +23,7 @@ import posixpath
 
 from icas_ray.errors import StorageError
 
-__all__ = ["is_inside", "join_inside", "normalise_uri", "safe_relpath"]
+__all__ = ["is_inside", "join_inside", "join_names_inside", "normalise_uri", "safe_relpath"]
 
 
 def _scheme(uri: str) -> str:
@@ -97,3 +97,27 @@ def join_inside(root: str, rel: str) -> str:
         raise StorageError(f"{rel!r} would be written outside {root!r}: refusing it "
                            "(a symlink or '..' in the output leads out)")
     return path
+
+
+def join_names_inside(root: str, names: list[str]) -> list[str]:
+    """:func:`join_inside` of ``root`` and each of ``names``, for many names at once.
+
+    A plain name (one part: no separator, not ``.`` or ``..``) under ``root`` can only lead
+    out through a symlink of its own, so such a name costs a string join (object stores) or
+    one ``lstat`` (local files) instead of resolving the whole path twice (160 us a name on
+    a local disk: 3 s of 20,000 files). Any other name, and a local name that is a symlink,
+    goes through :func:`join_inside` (which refuses it if it leads out).
+    """
+    local = _scheme(root) == "file" and not root.startswith("file://")
+    out = []
+    for name in names:
+        plain = bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name \
+            and not (len(name) == 2 and name[1] == ":")
+        if not plain:
+            out.append(join_inside(root, name))
+        elif local:
+            path = os.path.join(root, name)
+            out.append(join_inside(root, name) if os.path.islink(path) else path)
+        else:
+            out.append(root.rstrip("/") + "/" + name)
+    return out

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from icas_ray.errors import StorageError
-from icas_ray.paths import is_inside, join_inside, safe_relpath
+from icas_ray.paths import is_inside, join_inside, join_names_inside, safe_relpath
 
 
 @pytest.mark.parametrize("rel, expected", [
@@ -48,3 +48,27 @@ def test_is_inside_s3_keys():
     assert not is_inside("s3://b/data", "s3://b/data/../secret.png")
     assert not is_inside("s3://b/data", "s3://b/database/y.png")
     assert not is_inside("/data", "s3://data/y.png")
+
+
+def test_join_names_inside_is_join_inside_for_many_names(tmp_path):
+    root = str(tmp_path / "out")
+    os.makedirs(root)
+    names = ["a.png", "b c.png", "..", "x\\..\\..\\ESCAPED.png", "sub/y.png", "C:a.png", "%2E%2E"]
+    assert join_names_inside(root, names) == [join_inside(root, n) for n in names]
+    assert all(p.startswith(root + os.sep) for p in join_names_inside(root, names))
+    for uri_root in ("s3://bucket/out", "s3://bucket/out/"):
+        assert join_names_inside(uri_root, names) == [join_inside(uri_root, n) for n in names]
+    for nothing in (".", "C:", ""):
+        with pytest.raises(StorageError, match="names no file"):
+            join_names_inside(root, ["a.png", nothing])
+
+
+def test_join_names_inside_refuses_a_symlinked_name_that_leads_out(tmp_path):
+    root = tmp_path / "out"
+    root.mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    os.symlink(tmp_path / "elsewhere" / "a.png", root / "a.png")
+    os.symlink(root / "inside.png", root / "b.png")  # a link that stays inside is fine
+    assert join_names_inside(str(root), ["b.png"]) == [str(root / "b.png")]
+    with pytest.raises(StorageError, match="outside"):
+        join_names_inside(str(root), ["ok.png", "a.png"])
