@@ -49,8 +49,9 @@ class ClusterConfig:
         threshold_sample: images sampled to suggest a threshold.
         max_pixels: larger images are skipped as unreadable.
         files_per_task: files per writer task (None = about two tasks per CPU).
-        feature_compute: how Ray Data runs feature extraction: ``tasks`` (in Ray's pooled
-            worker processes) or ``actors`` (a pool of actors started for the job); None =
+        feature_compute: how feature extraction runs: ``tasks`` (Ray tasks over chunks of the
+            listing, in Ray's pooled worker processes) or ``actors`` (a Ray Data pool of actors
+            started for the job, each loading the method once); None =
             actors for methods that load a model (embedding), else tasks.
         cluster_model: a scikit-learn model (kmeans, hierarchy, DBSCAN, gaussian, HDBSCAN)
             that clusters each batch and then the representatives, chosen over ``cluster_grid``

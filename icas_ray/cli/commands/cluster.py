@@ -49,8 +49,8 @@ from icas_ray.features import method_names
 @click.option("--sniff", is_flag=True, default=None,
               help="Also list files without an image extension whose content is an image.")
 @click.option("--feature-compute", type=click.Choice(["tasks", "actors"]), default=None,
-              help="Run feature extraction in Ray Data tasks [default] or in an actor pool "
-                   "started for the job.")
+              help="Run feature extraction in Ray tasks [default] or in a Ray Data actor pool "
+                   "started for the job (the default for --method embedding).")
 @click.option("--threshold-sample", type=click.IntRange(min=10), default=None,
               help="Images sampled to suggest a threshold [default: 1000; 300 for SSIM/ORB].")
 @click.option("--cluster-model", default=None, metavar="MODEL",
