@@ -127,6 +127,9 @@ def extract_task(batch: dict[str, np.ndarray], *, method: str, params: dict[str,
 #: at most (a task costs milliseconds to schedule; small chunks spread work evenly).
 _ROWS_PER_UDF_CALL = 64
 _MAX_ROWS_PER_TASK = 512
+#: A cluster that may grow (``--address``) is cut into chunks as if it had at least this many
+#: CPUs (an autoscaler adds workers while the job runs).
+_MIN_GROWING_SLOTS = 8
 
 
 def _extract_chunk(uris: list[str], sizes: np.ndarray, columns: dict[str, np.ndarray],
@@ -148,12 +151,18 @@ def _task_parts(todo: Sequence[FileInfo], columns: dict[str, np.ndarray], job: d
     against 14.9-22.6 s, side by side); a task here costs a scheduling round (milliseconds).
     Tasks run in Ray's pooled worker processes (kept between jobs of the same driver). Two
     tasks per CPU are in flight (one running, one queued), with the count read again as the
-    cluster grows; a task lost with its node is retried by Ray elsewhere.
+    cluster grows; a task lost with its node is retried by Ray elsewhere. With no CPU yet (a
+    0-CPU head before the autoscaler's first worker: Ray then reports none, and
+    ``cluster_cpus()`` says 1) two tasks are queued: the demand for a CPU worker. A cluster that
+    may grow is cut into chunks for at least ``_MIN_GROWING_SLOTS`` CPUs: cut for the CPUs at
+    the start (one, with none yet) a job of 2,000 images had four chunks, hence four tasks at
+    most however far the cluster grew.
     """
     import ray
 
     slots = max(1, int(cluster_cpus()))
-    step = int(np.clip(-(-len(todo) // (4 * slots)), 16, _MAX_ROWS_PER_TASK))
+    cut_for = max(slots, _MIN_GROWING_SLOTS) if grows else slots
+    step = int(np.clip(-(-len(todo) // (4 * cut_for)), 16, _MAX_ROWS_PER_TASK))
     task = ray.remote(_extract_chunk).options(num_cpus=1, max_retries=3)
     job_ref = ray.put(job)
     starts = iter(range(0, len(todo), step))

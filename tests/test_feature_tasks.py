@@ -1,0 +1,94 @@
+"""The feature stage's demand on an autoscaling cluster (issue #14): how many ``_extract_chunk``
+tasks ``stages._task_parts`` keeps in flight as the cluster's CPUs change.
+
+On cluster.yaml's cluster the head has 0 CPUs; before (or between) CPU workers Ray reports no
+CPU at all: ``ray.cluster_resources()`` has no ``CPU`` key (measured with ray 2.60 on a 0-CPU
+local Ray), so ``runtime.cluster_cpus()`` is 1.0. The stage must still queue tasks then: queued
+tasks are the demand that makes the autoscaler add a CPU worker (tests/test_autoscaler.py runs
+that for real). And the listing must be cut for the cluster it grows into: cut for the one CPU
+of its start, a job of 1,000 images had four chunks, so at most four tasks however many CPUs
+joined (this test's 4-CPU step saw three in flight). Here Ray's task API is replaced by a
+recorder; no Ray runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from icas_ray.storage import FileInfo
+
+
+@pytest.mark.parametrize("no_cpus", [{}, {"CPU": 0.0}], ids=["no CPU key", "CPU 0"])
+def test_a_cluster_without_cpus_still_gets_feature_tasks_then_two_per_cpu(
+        monkeypatch: pytest.MonkeyPatch, no_cpus: dict[str, float]) -> None:
+    import ray
+
+    from icas_ray.pipeline import stages
+
+    resources = [dict(no_cpus)]
+    peaks: list[int] = []  # tasks in flight each time the stage waits for one
+    rows: list[int] = []
+
+    class Task:
+        def options(self, **kwargs: Any) -> Task:
+            assert kwargs["num_cpus"] == 1
+            return self
+
+        def remote(self, uris: list[str], sizes: np.ndarray, columns: dict[str, np.ndarray],
+                   job: Any) -> dict[str, np.ndarray]:
+            rows.append(len(uris))
+            return {"uri": np.asarray(uris, dtype=object), **columns}
+
+    def wait(refs: list[Any], num_returns: int = 1) -> tuple[list[Any], list[Any]]:
+        peaks.append(len(refs))
+        if len(peaks) == 1:
+            resources[0] = {"CPU": 4.0}  # a worker with 4 CPUs joins while the first tasks wait
+        return refs[:num_returns], refs[num_returns:]
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: resources[0])
+    monkeypatch.setattr(ray, "remote", lambda fn: Task())
+    monkeypatch.setattr(ray, "put", lambda value: value)
+    monkeypatch.setattr(ray, "wait", wait)
+    monkeypatch.setattr(ray, "get", lambda ref: ref)
+
+    todo = [FileInfo(f"/in/{i}.png", 100 + i) for i in range(1000)]
+    columns = {"batch": np.arange(1000) // 250, "row": np.arange(1000)}
+    parts = list(stages._task_parts(todo, columns, {}, grows=True))
+
+    assert peaks[0] == 2, "no CPU yet: two tasks queued (demand for a CPU worker)"
+    assert max(peaks) == 8, "then two per CPU of the grown cluster"
+    assert sum(rows) == 1000 and sorted(np.concatenate([p["row"] for p in parts])) == list(range(1000))
+
+
+def test_an_embedded_ray_keeps_its_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``grows=False`` (an embedded Ray): the tasks in flight follow the CPUs at the start."""
+    import ray
+
+    from icas_ray.pipeline import stages
+
+    peaks: list[int] = []
+
+    class Task:
+        def options(self, **kwargs: Any) -> Task:
+            return self
+
+        def remote(self, uris: list[str], sizes: np.ndarray, columns: dict[str, np.ndarray],
+                   job: Any) -> dict[str, np.ndarray]:
+            return {"uri": np.asarray(uris, dtype=object), **columns}
+
+    def wait(refs: list[Any], num_returns: int = 1) -> tuple[list[Any], list[Any]]:
+        peaks.append(len(refs))
+        return refs[:num_returns], refs[num_returns:]
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    monkeypatch.setattr(ray, "remote", lambda fn: Task())
+    monkeypatch.setattr(ray, "put", lambda value: value)
+    monkeypatch.setattr(ray, "wait", wait)
+    monkeypatch.setattr(ray, "get", lambda ref: ref)
+    todo = [FileInfo(f"/in/{i}.png", 100) for i in range(400)]
+    list(stages._task_parts(todo, {"batch": np.zeros(400, int), "row": np.arange(400)}, {},
+                            grows=False))
+    assert max(peaks) == 4
