@@ -104,6 +104,11 @@ def _scheme(uri: str) -> str:
     return uri.split("://", 1)[0].lower()
 
 
+def _read_local(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
 @dataclass(frozen=True)
 class StorageOptions:
     """Options for remote filesystems, passed to fsspec.
@@ -392,6 +397,9 @@ class Storage:
     # -- reading and writing ---------------------------------------------------------------
     def read_bytes(self, uri: str) -> bytes:
         fs, path = self.fs(uri)
+        if _scheme(uri) == "file":
+            # A plain read: fsspec's local open costs a third of decoding a small PNG.
+            return bytes(self._call(uri, "read", _read_local, path))
         return bytes(self._call(uri, "read", fs.cat_file, path))
 
     def read_head(self, uri: str, n: int) -> bytes:
