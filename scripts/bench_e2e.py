@@ -85,6 +85,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--imagededup-venv", default=DEFAULT_VENV,
                         help=f"imagededup's venv, created when missing (default {DEFAULT_VENV})")
     parser.add_argument("--skip", default="", help="tools to leave out: imagededup,original,suggested,given")
+    parser.add_argument("--large-methods", default=None,
+                        help="the methods at sizes above 2,000 (default: all of --methods; each costs "
+                             "minutes there, imagededup's run included)")
     parser.add_argument("--process-timeout", type=float, default=3600.0,
                         help="seconds before a tool's process is killed (default 3600)")
     parser.add_argument("--data", default=os.path.join(tempfile.gettempdir(), "icas_bench_data"),
@@ -442,6 +445,8 @@ def run(args: argparse.Namespace) -> int:
 
     sizes = [int(s) for s in args.sizes.split(",") if s]
     methods = [get_method(m.strip()).name for m in args.methods.split(",") if m.strip()]
+    large = (methods if args.large_methods is None else
+             [get_method(m.strip()).name for m in args.large_methods.split(",") if m.strip()])
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     ded = ensure_imagededup_venv(args.imagededup_venv) if "imagededup" not in skip else None
     result: dict[str, Any] = {
@@ -465,7 +470,7 @@ def run(args: argparse.Namespace) -> int:
             path = ensure_dataset(args.data, "digits", n)
             truth = read_truth(path)
             paths = [os.path.join(path, f) for f in sorted_files(path)]
-            for method in methods:
+            for method in (methods if n <= 2000 else large):
                 m = get_method(method)
                 thr = THRESHOLDS["digits"][method]
                 log = functools.partial(_log, t_bench, f"N={n} {method}")
