@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from icas_ray.features import FeatureMethod
+from icas_ray.features import FeatureMethod, take_features
 from icas_ray.graph import find_roots
 from icas_ray.storage import FileInfo
 
@@ -82,11 +82,30 @@ def similarities(uris: Sequence[str], features: dict[str, np.ndarray], method: F
     """
     if len(uris) < 2:
         _raise_few(len(uris))
-    matrix = method.pairwise(features, features).astype(np.float32)
+    matrix = _sample_matrix(features, method)
     np.fill_diagonal(matrix, -np.inf)
     iu = np.triu_indices(len(uris), 1)
     return SampleSimilarities(values=matrix[iu], nearest=matrix.max(axis=1), matrix=matrix,
                               uris=list(uris), n_images=len(uris), n_total=n_total)
+
+
+def _sample_matrix(features: dict[str, np.ndarray], method: FeatureMethod) -> np.ndarray:
+    """The sample's similarity matrix, scored as the batches score pairs: every pair, or only
+    the method's shortlist (:meth:`FeatureMethod.candidates`; pairs off it count 0, as in the
+    batches). ORB's shortlist scores 300 images' 9,000 nearest pairs instead of 44,850."""
+    candidates = method.candidates(features)
+    if candidates is None:
+        return method.pairwise(features, features).astype(np.float32)
+    n = len(next(iter(features.values())))
+    pairs = np.unique(np.sort(np.asarray(candidates, np.int64).reshape(-1, 2), axis=1), axis=0)
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+    matrix = np.zeros((n, n), np.float32)
+    starts = np.flatnonzero(np.r_[True, pairs[1:, 0] != pairs[:-1, 0]]) if len(pairs) else []
+    for start, end in zip(starts, [*starts[1:], len(pairs)]):
+        i, cols = int(pairs[start, 0]), pairs[start:end, 1]
+        row = method.pairwise(take_features(features, [i]), take_features(features, cols))[0]
+        matrix[i, cols] = matrix[cols, i] = row
+    return matrix
 
 
 def _raise_few(n: int) -> None:

@@ -211,3 +211,34 @@ def test_cluster_orb_groups_near_duplicates_by_photo(near_dup_dir, tmp_path):  #
     assert manifest_ari(m, read_truth(near_dup_dir)) >= 0.85
     work = summary["comparisons"]
     assert 0 < work["batch_comparisons"] < work["batch_possible_pairs"]
+
+
+def test_threshold_sample_scores_the_shortlist_as_the_batches_do(near_dups):  # type: ignore[no-untyped-def]
+    """The threshold sample's matrix holds the shortlist's pairs scored as the batches score
+    them (each pair matched once) and 0 off it; shortlist=0 scores every pair."""
+    from icas_ray.threshold import similarities, suggest_threshold
+
+    feats, matrix, truth = near_dups
+    uris = [f"img{i}.png" for i in range(len(truth))]
+    counted = []
+
+    class Counting(_Scored):
+        def pairwise(self, a: Features, b: Features) -> np.ndarray:
+            counted.append(len(a["index"]) * len(b["index"]))
+            return super().pairwise(a, b)
+
+    method = Counting(5, matrix)
+    sims = similarities(uris, feats, method, len(uris))
+    pairs = np.sort(method.candidates(feats), axis=1)
+    on = np.zeros_like(matrix, bool)
+    on[pairs[:, 0], pairs[:, 1]] = on[pairs[:, 1], pairs[:, 0]] = True
+    np.fill_diagonal(on, False)
+    got = sims.matrix.copy()
+    np.fill_diagonal(got, 0)
+    assert np.allclose(got[on], matrix[on]) and not got[~on].any()
+    assert sum(counted) == on.sum() // 2 < len(uris) * (len(uris) - 1) // 2
+    full = similarities(uris, feats, _Scored(0, matrix), len(uris))
+    iu = np.triu_indices(len(uris), 1)
+    assert np.allclose(full.values, matrix[iu])
+    # the shortlisted sample still finds the photos' groups
+    assert 0.0 < suggest_threshold(sims.matrix, method) <= 1.0
