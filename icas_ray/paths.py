@@ -41,7 +41,7 @@ def safe_relpath(rel: str) -> str:
     Raises:
         StorageError: nothing is left of ``rel`` (``""``, ``"/"``, ``"."``).
     """
-    parts = []
+    parts: list[str] = []
     for part in rel.replace("\\", "/").split("/"):
         if part in ("", "."):
             continue

@@ -100,7 +100,8 @@ def _sample_matrix(features: dict[str, np.ndarray], method: FeatureMethod) -> np
     pairs = np.unique(np.sort(np.asarray(candidates, np.int64).reshape(-1, 2), axis=1), axis=0)
     pairs = pairs[pairs[:, 0] != pairs[:, 1]]
     matrix = np.zeros((n, n), np.float32)
-    starts = np.flatnonzero(np.r_[True, pairs[1:, 0] != pairs[:-1, 0]]) if len(pairs) else []
+    starts: list[int] = (np.flatnonzero(np.r_[True, pairs[1:, 0] != pairs[:-1, 0]]).tolist()
+                         if len(pairs) else [])
     for start, end in zip(starts, [*starts[1:], len(pairs)]):
         i, cols = int(pairs[start, 0]), pairs[start:end, 1]
         row = method.pairwise(take_features(features, [i]), take_features(features, cols))[0]

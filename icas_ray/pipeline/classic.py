@@ -63,7 +63,7 @@ def _batch_task(batch: int, rows: dict[str, np.ndarray], config: ClusterConfig, 
     result = process_batch(
         batch, uris=list(rows["uri"]), sizes=rows["size"], status=rows["status"],
         error=rows["error"], features=features, method=method, threshold=threshold,
-        strategy=config.strategy, time_limit_s=config.time_limit_s,
+        strategy=config.pair_strategy(), time_limit_s=config.time_limit_s,
         merge_reps=config.representatives_per_cluster(),
         merge_outliers=config.merge_mode == "full", device=device,
     )
@@ -77,7 +77,7 @@ def _merge_task(layout: Layout, batches: list[int], config: ClusterConfig, thres
     its node is lost, rebuilding the merge without a manual rerun."""
     results = Journal(layout).load_checkpoints(set(batches))
     # The merge runs once the batches are done: it may use every core of its node.
-    return merge_batches(results, config.feature_method(), threshold, strategy=config.strategy,
+    return merge_batches(results, config.feature_method(), threshold, strategy=config.pair_strategy(),
                          time_limit_s=config.time_limit_s, device="cuda" if use_gpu else None,
                          threads=os.cpu_count() or 1)
 

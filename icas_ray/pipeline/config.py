@@ -140,6 +140,13 @@ class ClusterConfig:
             return ReadConfig(scale=self.scale, max_pixels=self.max_pixels)
         return dataclasses.replace(base, max_pixels=self.max_pixels)
 
+    def pair_strategy(self) -> str:
+        """The strategy of comparing pairs: ``strategy``, which ``__post_init__`` set to the
+        method's default when none was given."""
+        if self.strategy is None:  # pragma: no cover - __post_init__ always sets it
+            raise AssertionError("ClusterConfig.strategy is unset")
+        return self.strategy
+
     def representatives_per_cluster(self) -> int:
         if self.merge_mode == "original":
             return 1

@@ -92,6 +92,17 @@ def save_checkpoint(uri: str, model: nn.Module, *, epoch: int, loss: float,
     (storage or Storage()).write_bytes(uri, buf.getvalue())
 
 
+def _torch_load(data: bytes, corrupt: str) -> Any:
+    """``torch.load`` of ``data`` on the CPU with ``weights_only``; a file it cannot load
+    raises ModelLoadError(``corrupt`` with ``{error}`` the exception's type: torch's own
+    message is many lines about weights_only)."""
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError,
+            AttributeError, TypeError) as e:
+        raise ModelLoadError(corrupt.replace("{error}", type(e).__name__)) from e
+
+
 def read_checkpoint(uri: str, *, storage: Storage | None = None) -> dict[str, Any]:
     """The whole checkpoint dict at ``uri``, tensors on the CPU.
 
@@ -106,14 +117,8 @@ def read_checkpoint(uri: str, *, storage: Storage | None = None) -> dict[str, An
             raise ModelLoadError(f"checkpoint {uri!r} does not exist: check the path, or train "
                                  "one with `icas train INPUT --storage URI`") from e
         raise ModelLoadError(f"checkpoint {uri!r} cannot be read: {e}") from e
-    try:
-        blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError,
-            AttributeError, TypeError) as e:
-        # torch's own message is many lines about weights_only; the type is enough here.
-        raise ModelLoadError(f"checkpoint {uri!r} is corrupt or not an icas-ray checkpoint "
-                             f"({type(e).__name__}): point it at a best.pt written by "
-                             "`icas train`") from e
+    blob = _torch_load(data, f"checkpoint {uri!r} is corrupt or not an icas-ray checkpoint "
+                             "({error}): point it at a best.pt written by `icas train`")
     if not isinstance(blob, dict) or any(k not in blob for k in _REQUIRED):
         raise ModelLoadError(f"{uri!r} is not an icas-ray autoencoder checkpoint (no model/params/"
                              "image_size/state_dict): point it at a best.pt written by `icas train`")
@@ -139,12 +144,8 @@ def read_state_dict(uri: str, *, storage: Storage | None = None, what: str = "we
         data = storage.read_bytes(uri)
     except (InputError, StorageError, OSError) as e:
         raise ModelLoadError(f"{what} {uri!r} cannot be read ({e}): {hint}") from e
-    try:
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError,
-            AttributeError, TypeError) as e:
-        raise ModelLoadError(f"{what} {uri!r} are corrupt or not a torch state_dict "
-                             f"({type(e).__name__}): {hint}") from e
+    state = _torch_load(data, f"{what} {uri!r} are corrupt or not a torch state_dict "
+                              f"({{error}}): {hint}")
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
