@@ -41,8 +41,8 @@ import numpy as np
 from icas_ray.errors import ConfigError
 
 __all__ = [
-    "STRATEGIES", "EdgeSet", "build_edges", "cluster_labels", "components", "find_roots",
-    "nearest_pairs",
+    "STRATEGIES", "EdgeSet", "build_edges", "candidate_rows", "cluster_labels", "components",
+    "find_roots", "nearest_pairs",
 ]
 
 STRATEGIES = ("exhaustive", "connected", "pruned")
@@ -168,7 +168,7 @@ def build_edges(n: int, kernel: Kernel, threshold: float, *, strategy: str = "ex
             cols = idx[i + 1:]
             return cols if groups is None else cols[groups[cols] != groups[i]]
     else:
-        ptr, cand = _later_candidates(n, candidates, groups)
+        ptr, cand = candidate_rows(n, candidates, groups)
 
         def later(i: int) -> np.ndarray:
             return cand[ptr[i]:ptr[i + 1]]
@@ -208,8 +208,8 @@ class _Found:
                        self.comparisons, possible, self.complete)
 
 
-def _later_candidates(n: int, candidates: np.ndarray, groups: np.ndarray | None,
-                      ) -> tuple[np.ndarray, np.ndarray]:
+def candidate_rows(n: int, candidates: np.ndarray, groups: np.ndarray | None = None,
+                   ) -> tuple[np.ndarray, np.ndarray]:
     """The candidate pairs as rows: the items after ``i`` paired with it are
     ``cols[ptr[i]:ptr[i + 1]]``, ascending (self pairs, same-group pairs and repeats dropped)."""
     p = np.asarray(candidates, np.int64).reshape(-1, 2)

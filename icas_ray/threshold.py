@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from icas_ray.features import FeatureMethod, take_features
-from icas_ray.graph import find_roots
+from icas_ray.graph import candidate_rows, find_roots
 from icas_ray.storage import FileInfo
 
 __all__ = ["RULE", "SampleSimilarities", "sample_files", "similarities", "suggest_threshold",
@@ -97,15 +97,12 @@ def _sample_matrix(features: dict[str, np.ndarray], method: FeatureMethod) -> np
     if candidates is None:
         return method.pairwise(features, features).astype(np.float32)
     n = len(next(iter(features.values())))
-    pairs = np.unique(np.sort(np.asarray(candidates, np.int64).reshape(-1, 2), axis=1), axis=0)
-    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+    ptr, cols = candidate_rows(n, candidates)
     matrix = np.zeros((n, n), np.float32)
-    starts: list[int] = (np.flatnonzero(np.r_[True, pairs[1:, 0] != pairs[:-1, 0]]).tolist()
-                         if len(pairs) else [])
-    for start, end in zip(starts, [*starts[1:], len(pairs)]):
-        i, cols = int(pairs[start, 0]), pairs[start:end, 1]
-        row = method.pairwise(take_features(features, [i]), take_features(features, cols))[0]
-        matrix[i, cols] = matrix[cols, i] = row
+    for i in np.flatnonzero(np.diff(ptr)).tolist():
+        later = cols[ptr[i]:ptr[i + 1]]
+        row = method.pairwise(take_features(features, [i]), take_features(features, later))[0]
+        matrix[i, later] = matrix[later, i] = row
     return matrix
 
 

@@ -202,6 +202,15 @@ def _start_cluster(temp_dir: str, tries: int = 2) -> tuple[Any, list[Any]]:
     raise AssertionError("unreachable")
 
 
+#: Scenarios that kill the node of a task once it has started: the task's mark (written by
+#: ``setup_worker``), the report key for the node, the error if it never starts, the reason.
+_KILL_WHERE_STARTED = {
+    "kill-merge": ("merge_started", "merge_node", "the merge did not start", "it runs the merge"),
+    "kill-writer": ("write_started", "writer_node", "no writer task started",
+                    "it runs a writer task"),
+}
+
+
 def main(scenario: str, input_dir: str, output: str, report_path: str) -> int:
     import ray
 
@@ -277,18 +286,13 @@ def main(scenario: str, input_dir: str, output: str, report_path: str) -> int:
             report["running_at_kill"] = running
             kill(min(running.values()), "it runs a batch and others are checkpointed")
             open(os.path.join(marks, "killed"), "w").close()  # the held batches go on
-        elif scenario == "kill-merge":
-            started = os.path.join(marks, "merge_started", "node")
+        elif scenario in _KILL_WHERE_STARTED:
+            mark, key, missing, why = _KILL_WHERE_STARTED[scenario]
+            started = os.path.join(marks, mark, "node")
             node_id = _wait_for(lambda: os.path.exists(started) and _read(started),
-                                job_timeout, "the merge did not start", runner)
-            report["merge_node"] = node_id
-            kill(node_id, "it runs the merge")
-        elif scenario == "kill-writer":
-            started = os.path.join(marks, "write_started", "node")
-            node_id = _wait_for(lambda: os.path.exists(started) and _read(started),
-                                job_timeout, "no writer task started", runner)
-            report["writer_node"] = node_id
-            kill(node_id, "it runs a writer task")
+                                job_timeout, missing, runner)
+            report[key] = node_id
+            kill(node_id, why)
         runner.join(timeout=job_timeout)
         if runner.is_alive():
             raise TimeoutError(f"the job did not end within {job_timeout:.0f} s")

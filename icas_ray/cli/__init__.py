@@ -91,10 +91,12 @@ def run() -> None:
     try:
         main()
         code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-        if e.code is not None and not isinstance(e.code, int):
+    except SystemExit as e:  # as Python exits on it: an int, None (0) or a message (1)
+        if e.code is None or isinstance(e.code, int):
+            code = e.code or 0
+        else:
             print(e.code, file=sys.stderr)
+            code = 1
     if "ray" in sys.modules:
         from icas_ray.runtime import stop_ray
 

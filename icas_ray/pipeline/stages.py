@@ -283,7 +283,6 @@ def run_batches(files: Sequence[FileInfo], batches: np.ndarray, pending: set[int
     """
     import ray
 
-
     if not pending:
         return 0, [], threshold
     sel = np.flatnonzero(np.isin(batches, sorted(pending)))
