@@ -34,6 +34,24 @@ def test_registry_lists_and_rejects():  # type: ignore[no-untyped-def]
         get_method("SSIM", {"win_size": 4})
 
 
+@pytest.mark.parametrize("name", [n for n in method_names() if n != "embedding"])
+@pytest.mark.parametrize("read", [None, ReadConfig(scale=0.5)])
+def test_prepare_then_extract_prepared_is_extract(name, read):  # type: ignore[no-untyped-def]
+    """The pipeline prepares each image as it is decoded and extracts the prepared ones: the
+    features are extract()'s, bit for bit, with the method's read size or another."""
+    m = get_method(name, None, read)
+    rng = np.random.default_rng(1)
+    side = 96 if read is None else 160
+    imgs = [cv2.GaussianBlur(rng.integers(0, 256, (side, side, 3), dtype=np.uint8), (5, 5), 0)
+            for _ in range(5)]
+    whole = m.extract(imgs)
+    parts = m.extract_prepared([m.prepare(im) for im in imgs])
+    assert whole.keys() == parts.keys()
+    for k in whole:
+        assert whole[k].dtype == parts[k].dtype
+        np.testing.assert_array_equal(whole[k], parts[k])
+
+
 def test_ssim_matches_skimage_and_torch():  # type: ignore[no-untyped-def]
     from skimage.metrics import structural_similarity
 

@@ -95,7 +95,7 @@ class ImageHashMethod(FeatureMethod):
     """Perceptual hash (DCT of a shrunk grey image, bits above the median)."""
 
     Params = ImageHashParams
-    default_read = ReadConfig(max_side=512)
+    default_read = ReadConfig(max_side=512, grey=True)
     cheap = True
 
     def __init__(self, params: ImageHashParams, read: ReadConfig | None = None) -> None:
@@ -108,16 +108,22 @@ class ImageHashMethod(FeatureMethod):
         return int(self.params.hash_size) ** 2
 
     def extract(self, images: Sequence[np.ndarray]) -> Features:
+        return self.extract_prepared([self.prepare(img) for img in images])
+
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        """The grey image shrunk to ``hash_size * highfreq_factor`` squared (uint8)."""
+        side = self.params.hash_size * self.params.highfreq_factor
+        # Grey, then shrink (ImageHash's order: convert("L"), then resize); area averaging
+        # on one channel costs a third of it on three.
+        grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if image.ndim == 3 else image
+        return cv2.resize(grey, (side, side), interpolation=cv2.INTER_AREA)
+
+    def extract_prepared(self, prepared: Sequence[np.ndarray]) -> Features:
         hs = self.params.hash_size
         side = hs * self.params.highfreq_factor
-        grey = np.empty((len(images), side, side), np.float64)
-        for i, img in enumerate(images):
-            # Grey, then shrink (ImageHash's order: convert("L"), then resize); area
-            # averaging on one channel costs a third of it on three.
-            g = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY) if img.ndim == 3 else img
-            grey[i] = cv2.resize(g, (side, side), interpolation=cv2.INTER_AREA)
+        grey = np.asarray(prepared, np.float64).reshape(len(prepared), side, side)
         c = _dct_rows(side, hs)
-        low = (c @ grey @ c.T).reshape(len(images), hs * hs)  # (N, hs*hs) lowest frequencies
+        low = (c @ grey @ c.T).reshape(len(prepared), hs * hs)  # (N, hs*hs) lowest frequencies
         bits = low > np.median(low, axis=1, keepdims=True)
         return {"hash": _pack(bits)}
 

@@ -160,7 +160,7 @@ class MinHashMethod(FeatureMethod):
     """MinHash of Harris-corner locations."""
 
     Params = MinHashParams
-    default_read = ReadConfig(size=(128, 128))
+    default_read = ReadConfig(size=(128, 128), grey=True)
     cheap = True
     # Its clusters are small and many images stay outliers (all of which join the merge):
     # 8 representatives per cluster gave the same partitions as 32 on the digits, with a
@@ -178,24 +178,31 @@ class MinHashMethod(FeatureMethod):
             self._grid = (int(size[0]), int(size[1]))
 
     def extract(self, images: Sequence[np.ndarray]) -> Features:
+        return self.extract_prepared([self.prepare(img) for img in images])
+
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        """The image's signature: ``(num_perm,)`` positions (uint16) on the grid, else hash values."""
         p = self.params
         a, b = _permutations(p.num_perm, p.seed)
         table = None if self._grid is None else _grid_hashes(self._grid[0] * self._grid[1])
+        gray = to_gray(image)
         if table is None:
-            sigs = np.empty((len(images), p.num_perm), np.uint32)
-            for i, img in enumerate(images):
-                idx = corner_indices(to_gray(img), p)
-                # A MinHash is the element-wise minimum of its elements' permuted hashes.
-                sigs[i] = _permuted(_element_hashes(idx), a, b).min(axis=0)
-            return {"signature": sigs}
+            # A MinHash is the element-wise minimum of its elements' permuted hashes.
+            sig: np.ndarray = _permuted(_element_hashes(corner_indices(gray, p)), a, b).min(axis=0)
+            return sig
         w, h = self._grid  # type: ignore[misc]
-        sigs = np.empty((len(images), p.num_perm), np.uint16)
-        for i, img in enumerate(images):
-            gray = to_gray(img)
-            if gray.shape != (h, w):  # the pipeline reads at the grid already
-                gray = resize(gray, (w, h))
-            idx = corner_indices(gray, p)
-            sigs[i] = idx[_permuted(table[idx], a, b).argmin(axis=0)]
+        if gray.shape != (h, w):  # the pipeline reads at the grid already
+            gray = resize(gray, (w, h))
+        idx = corner_indices(gray, p)
+        positions: np.ndarray = idx[_permuted(table[idx], a, b).argmin(axis=0)].astype(np.uint16)
+        return positions
+
+    def extract_prepared(self, prepared: Sequence[np.ndarray]) -> Features:
+        table = None if self._grid is None else _grid_hashes(self._grid[0] * self._grid[1])
+        dtype = np.uint32 if table is None else np.uint16
+        sigs = np.empty((len(prepared), self.params.num_perm), dtype)
+        for i, sig in enumerate(prepared):
+            sigs[i] = sig
         return {"signature": sigs}
 
     def pairwise(self, a: Features, b: Features) -> np.ndarray:

@@ -8,7 +8,7 @@ the whole job.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -93,10 +93,13 @@ class DecodeImages:
     """Ray Data UDF: decode ``bytes`` into ``image`` (RGB uint8) rows; failures keep a reason.
 
     The ``image`` column holds one array per row (object column) because sizes may differ.
+    With ``prepare``, it holds ``prepare(image)`` instead, computed as each image is decoded
+    (a feature method's :meth:`~icas_ray.features.FeatureMethod.prepare`).
     """
 
-    def __init__(self, config: ReadConfig) -> None:
+    def __init__(self, config: ReadConfig, prepare: Callable[[np.ndarray], Any] | None = None) -> None:
         self.config = config
+        self.prepare = prepare
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["uri"])
@@ -108,7 +111,8 @@ class DecodeImages:
             if status[i] != STATUS_OK:
                 continue
             try:
-                images[i] = decode(batch["bytes"][i], self.config)
+                image = decode(batch["bytes"][i], self.config)
+                images[i] = image if self.prepare is None else self.prepare(image)
             except DecodeError as e:
                 status[i], error[i] = STATUS_ERROR, str(e)
         out = {k: v for k, v in batch.items() if k != "bytes"}

@@ -94,14 +94,16 @@ class FeatureExtractor:
         cv2.setNumThreads(1)
         # Extraction is numpy/OpenCV only: importing torch here would cost seconds per actor.
         self.method = get_method(method, params, read)
-        self.decode = DecodeImages(read)
+        # Each image is prepared as soon as it is decoded: only what the method keeps of it
+        # stays in memory until the batch's extraction.
+        self.decode = DecodeImages(read, prepare=self.method.prepare)
         self.storage = storage
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         decoded = self.decode(read_bytes_batch(batch, self.storage))
         ok = np.flatnonzero(decoded["status"] == "ok")
-        images = [decoded["image"][i] for i in ok]
-        feats = self.method.extract(images) if len(ok) else None
+        prepared = [decoded["image"][i] for i in ok]
+        feats = self.method.extract_prepared(prepared) if len(ok) else None
         out = {k: decoded[k] for k in ("uri", "size", "batch", "row", "status", "error")}
         n = len(batch["uri"])
         if feats is None:
