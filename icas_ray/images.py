@@ -1,7 +1,8 @@
 """Decoding and resizing: bytes -> ``(H, W, 3) uint8`` RGB arrays, with limits.
 
 Every image that enters a pipeline goes through :func:`decode`: grayscale, palette, RGBA and
-16-bit images all come out as 8-bit RGB, so features never see mixed shapes, and an EXIF
+16-bit images all come out as 8-bit RGB (8-bit grey for the methods that read grey), so
+features never see mixed shapes, and an EXIF
 Orientation tag (JPEG, PNG, TIFF, WebP; also XMP's ``tiff:Orientation``) is applied as
 ``PIL.ImageOps.exif_transpose`` does, so a phone photo stored sideways comes out upright.
 Files that cannot be decoded raise :class:`DecodeError` with a short reason that ends up in
@@ -55,12 +56,17 @@ class ReadConfig:
         max_side: fit the image inside ``max_side`` x ``max_side`` (keeping aspect) when no
             size/scale is given; None = no limit.
         max_pixels: images with more pixels are refused as "exceeds pixel limit".
+        grey: decode to ``(H, W)`` grey (ITU-R 601 luma) instead of RGB, for methods that
+            use nothing else. A JPEG then gives its stored luma (no chroma upsampling, no
+            colour conversion): 1.6x faster for a 1600x1200 photo read at 512 pixels, 2.9x
+            at full size; other formats are converted after decoding.
     """
 
     size: tuple[int, int] | None = None
     scale: float | None = None
     max_side: int | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
+    grey: bool = False
 
     def __post_init__(self) -> None:
         if self.size is not None:
@@ -125,9 +131,9 @@ _ORIENT: dict[int, Callable[[np.ndarray], np.ndarray]] = {
     2: lambda a: a[:, ::-1],
     3: lambda a: a[::-1, ::-1],
     4: lambda a: a[::-1],
-    5: lambda a: a.transpose(1, 0, 2),
+    5: lambda a: a.swapaxes(0, 1),
     6: lambda a: np.rot90(a, -1),
-    7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),
+    7: lambda a: a[::-1, ::-1].swapaxes(0, 1),
     8: lambda a: np.rot90(a, 1),
 }
 
@@ -174,8 +180,15 @@ def _orientation(im: Image.Image) -> int:
     return value if isinstance(value, int) and value in _ORIENT else 1
 
 
+def _to_grey8(im: Image.Image) -> np.ndarray:
+    if im.mode == "L":
+        return np.asarray(im)
+    return to_gray(_to_rgb8(im))
+
+
 def decode(data: bytes, config: ReadConfig | None = None) -> np.ndarray:
-    """Decode image bytes to an upright RGB array, resized as ``config`` says.
+    """Decode image bytes to an upright RGB (or, with ``config.grey``, grey) array, resized
+    as ``config`` says.
 
     The EXIF orientation is applied first (as ``PIL.ImageOps.exif_transpose``), so ``size``,
     ``scale`` and ``max_side`` apply to the upright picture: ``size=(w, h)`` is its width and
@@ -186,7 +199,8 @@ def decode(data: bytes, config: ReadConfig | None = None) -> np.ndarray:
         config: size/scale/limits; None decodes at full size with the default pixel limit.
 
     Returns:
-        ``(H, W, 3) uint8`` RGB array (C-contiguous).
+        ``(H, W, 3) uint8`` RGB array, or ``(H, W) uint8`` grey with ``config.grey``
+        (C-contiguous).
 
     Raises:
         DecodeError: empty file, not an image, truncated, or above the pixel limit.
@@ -199,7 +213,14 @@ def decode(data: bytes, config: ReadConfig | None = None) -> np.ndarray:
         width, height = size
         if width * height > config.max_pixels:
             raise DecodeError(f"exceeds pixel limit ({width}x{height} > {config.max_pixels} pixels)")
-        arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB)
+        # A grey PNG decodes straight to grey; an RGB one to RGB, then to grey where asked
+        # (libpng's own conversion to grey was slower than both steps: 369 against 333 us on
+        # the generated 256x256 PNGs).
+        stored_grey = data[25] == 0
+        flag = cv2.IMREAD_GRAYSCALE if config.grey and stored_grey else cv2.IMREAD_COLOR_RGB
+        arr = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+        if arr is not None and config.grey and not stored_grey:
+            arr = to_gray(arr)
         if arr is not None and arr.shape[:2] == (height, width):
             tw, th = config.target_size(width, height)
             return np.ascontiguousarray(resize(arr, (tw, th)) if (tw, th) != (width, height) else arr)
@@ -219,11 +240,14 @@ def decode(data: bytes, config: ReadConfig | None = None) -> np.ndarray:
                 turned = _orientation(im) >= 5
                 uw, uh = (height, width) if turned else (width, height)
                 tw, th = config.target_size(uw, uh)
+                mode = "L" if config.grey else "RGB"  # "L": libjpeg returns the luma as stored
                 if tw < uw or th < uh:
-                    im.draft("RGB", (th, tw) if turned else (tw, th))
+                    im.draft(mode, (th, tw) if turned else (tw, th))
+                elif config.grey:
+                    im.draft(mode, None)
             im.load()
             orientation = _orientation(im)
-            arr = _to_rgb8(im)
+            arr = _to_grey8(im) if config.grey else _to_rgb8(im)
             if orientation != 1:
                 arr = _ORIENT[orientation](arr)
             if im.format != "JPEG":

@@ -145,3 +145,31 @@ def test_corrupt_exif_keeps_the_pixels() -> None:
     buf = io.BytesIO()
     Image.fromarray(upright).save(buf, "JPEG", quality=95, exif=b"Exif\x00\x00garbage")
     assert decode(buf.getvalue()).shape == upright.shape
+
+
+GREY = ReadConfig(grey=True)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_grey_jpeg_is_the_upright_luma(orientation: int) -> None:
+    """``grey=True`` (the classic methods' reads): a JPEG's stored luma, turned upright as
+    the RGB decode is, equals Pillow's own grey decode of the file; sizes apply upright."""
+    upright = _photo(128, 192)
+    data = _save(_stored(upright, orientation), orientation, "JPEG", quality=95)
+    got = decode(data, GREY)
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("L"))
+    assert got.shape == (128, 192)
+    # convert("L") from the decoded RGB (chroma upsampled and rounded) against the stored luma.
+    assert np.abs(got.astype(np.int16) - expected).mean() < 1.5
+    small = decode(data, ReadConfig(size=(48, 32), grey=True))
+    assert small.shape == (32, 48)
+    ref = images.to_gray(decode(data, ReadConfig(size=(48, 32))))
+    assert np.abs(small.astype(np.int16) - ref).mean() < 2.0
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
+@pytest.mark.parametrize("orientation", [1, 5, 6, 7, 8])
+def test_grey_lossless_formats_are_the_rgb_decodes_luma(fmt: str, orientation: int) -> None:
+    upright = _photo()
+    data = _save(_stored(upright, orientation), orientation if orientation != 1 else None, fmt)
+    np.testing.assert_array_equal(decode(data, GREY), images.to_gray(upright))

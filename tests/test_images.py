@@ -54,3 +54,20 @@ def test_truncated_and_huge_plain_pngs():  # type: ignore[no-untyped-def]
         decode(data[: len(data) // 2])
     with pytest.raises(DecodeError, match="exceeds pixel limit"):
         decode(data, ReadConfig(max_pixels=100))
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_grey_reads_of_plain_pngs_are_the_luma(mode):  # type: ignore[no-untyped-def]
+    """The fast path with ``grey=True``: a grey PNG decodes straight to grey, an RGB one to
+    RGB then to its luma; both equal the RGB decode's luma, resized alike."""
+    from icas_ray.images import to_gray
+
+    rng = np.random.default_rng(3)
+    arr = rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).convert(mode).save(buf, "PNG")
+    data = buf.getvalue()
+    luma = to_gray(decode(data))
+    np.testing.assert_array_equal(decode(data, ReadConfig(grey=True)), luma)
+    got = decode(data, ReadConfig(size=(30, 20), grey=True))
+    np.testing.assert_array_equal(got, images.resize(luma, (30, 20)))  # grey, then resized

@@ -128,7 +128,7 @@ class ORBMethod(FeatureMethod):
     """ORB descriptors matched by Hamming distance, on a shortlist by bag of visual words."""
 
     Params = ORBParams
-    default_read = ReadConfig(max_side=256)
+    default_read = ReadConfig(max_side=256, grey=True)
     cheap = False
     default_strategy = "connected"
     merge_reps = 2

@@ -184,7 +184,7 @@ class SSIMMethod(FeatureMethod):
     """Structural similarity of grey images brought to one size."""
 
     Params = SSIMParams
-    default_read = ReadConfig(size=(32, 32))
+    default_read = ReadConfig(size=(32, 32), grey=True)
     cheap = False
     default_strategy = "connected"
     merge_reps = 8

@@ -61,7 +61,7 @@ class TMMethod(FeatureMethod):
     """Template matching of grey images brought to one size."""
 
     Params = TMParams
-    default_read = ReadConfig(size=(64, 64))
+    default_read = ReadConfig(size=(64, 64), grey=True)
     cheap = True
     # Each comparison is a 4096-long dot product: 8 representatives per cluster keep the
     # merge's Gram matrix small and cluster the digits as well as 32 did (benchmarks/).

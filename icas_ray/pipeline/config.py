@@ -135,9 +135,10 @@ class ClusterConfig:
     def read_config(self) -> ReadConfig:
         base = get_method(self.method, dict(self.method_params)).default_read
         if self.size is not None:
-            return ReadConfig(size=tuple(self.size), max_pixels=self.max_pixels)  # type: ignore[arg-type]
+            return ReadConfig(size=tuple(self.size), max_pixels=self.max_pixels,  # type: ignore[arg-type]
+                              grey=base.grey)
         if self.scale is not None:
-            return ReadConfig(scale=self.scale, max_pixels=self.max_pixels)
+            return ReadConfig(scale=self.scale, max_pixels=self.max_pixels, grey=base.grey)
         return dataclasses.replace(base, max_pixels=self.max_pixels)
 
     def pair_strategy(self) -> str:
