@@ -63,6 +63,10 @@ def test_the_threshold_sample_is_extracted_once(digits200, tmp_path):  # type: i
     with open(os.path.join(out, "summary.json")) as f:
         summary = json.load(f)
     assert summary["threshold_source"] == "suggested"
+    # The feature stage's own time (benchmarks compare it with the decode floor) lies within
+    # the batches phase, the threshold's decision within it too.
+    timings = summary["timings"]
+    assert 0 < timings["threshold_s"] <= timings["features_s"] <= timings["batches_s"]
     opens = _opens(trace, images)
     names = sorted(os.listdir(images))
     # Once to extract the features, once to copy the file into its cluster folder.

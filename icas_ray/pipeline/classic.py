@@ -160,7 +160,8 @@ def _run(input_uri: str, run: OpenRun, config: ClusterConfig, progress: Progress
               _threshold_sample(files, config, journal, state, input_uri, progress, timings))
     t = time.monotonic()
     computed, refs, _ = run_batches(files, batches, pending, config, state.threshold, layout,
-                                    progress, batch_task=_batch_task, sample=sample)
+                                    progress, batch_task=_batch_task, sample=sample,
+                                    timings=timings)
     ray.get(refs)
     timings["batches_s"] = time.monotonic() - t
     if state.threshold is None:  # nothing was pending: the batches of an earlier dontmerge run

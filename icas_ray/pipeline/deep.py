@@ -108,7 +108,7 @@ def run_deep(input_uri: str, run: OpenRun, config: ClusterConfig, progress: Prog
     done_before, pending = pending_batches(state, config, n_batches, layout.root)
     t = time.monotonic()
     computed, refs, _ = run_batches(files, batches, pending, config, None, layout, progress,
-                                    batch_task=_deep_batch_task)
+                                    batch_task=_deep_batch_task, timings=timings)
     ray.get(refs)
     timings["batches_s"] = time.monotonic() - t
     results = journal.load_checkpoints(set(range(n_batches)))

@@ -135,6 +135,10 @@ def extract_task(batch: dict[str, np.ndarray], *, method: str, params: dict[str,
 #: at most (a task costs milliseconds to schedule; small chunks spread work evenly).
 _ROWS_PER_UDF_CALL = 64
 _MAX_ROWS_PER_TASK = 512
+#: Complete batches handed to batch tasks not yet finished, at most: their rows (features
+#: included) wait in Ray's object store meanwhile.
+_MAX_BATCH_BYTES_IN_FLIGHT = 512 * 2**20
+_MAX_BATCHES_IN_FLIGHT = 256
 #: A cluster that may grow (``--address``) is cut into chunks as if it had at least this many
 #: CPUs (an autoscaler adds workers while the job runs).
 _MIN_GROWING_SLOTS = 8
@@ -260,7 +264,7 @@ class _SampleCollector:
 def run_batches(files: Sequence[FileInfo], batches: np.ndarray, pending: set[int], config: Any,
                 threshold: float | None, layout: Layout, progress: Progress, *,
                 batch_task: Callable[..., Any], sample: ThresholdSample | None = None,
-                ) -> tuple[int, list[Any], float | None]:
+                timings: dict[str, float] | None = None) -> tuple[int, list[Any], float | None]:
     """Features (Ray tasks over chunks of the listing, or a Ray Data actor pool) and per-batch
     clustering (``batch_task`` in a Ray task per complete batch, beside the feature work) of
     the pending batches.
@@ -279,6 +283,8 @@ def run_batches(files: Sequence[FileInfo], batches: np.ndarray, pending: set[int
         batch_task: ``(batch, rows, config, threshold, layout, use_gpu) -> BatchResult``; it
             persists the batch's checkpoint (where the merge reads it).
         sample: the threshold's sample, when the threshold is to be suggested.
+        timings: receives ``features_s``, the feature stage's seconds (to its last image;
+            the per-batch clustering runs beside it).
 
     Returns:
         The number of batches computed, the refs to wait for, and the threshold.
@@ -296,7 +302,6 @@ def run_batches(files: Sequence[FileInfo], batches: np.ndarray, pending: set[int
         sel = np.concatenate([sel[first], sel[~first]])
     todo = [files[i] for i in sel]
     expected = {b: int(c) for b, c in zip(*np.unique(batches[sel], return_counts=True))}
-    cpus = cluster_cpus()
     # A cluster (--address) may grow while the job runs; an embedded Ray keeps its size.
     grows = not is_embedded()
     method = config.feature_method()
@@ -307,7 +312,7 @@ def run_batches(files: Sequence[FileInfo], batches: np.ndarray, pending: set[int
            "storage": layout.storage, "read": config.read_config()}
     columns = {"batch": batches[sel], "row": sel}
     if config.feature_compute == "actors":
-        parts = _actor_pool_parts(todo, columns, job, cpus=cpus, grows=grows,
+        parts = _actor_pool_parts(todo, columns, job, cpus=cluster_cpus(), grows=grows,
                                   gpu=bool(config.gpu) and method.loads_model)
     else:
         parts = _task_parts(todo, columns, job, grows=grows)
@@ -316,11 +321,13 @@ def run_batches(files: Sequence[FileInfo], batches: np.ndarray, pending: set[int
     counts: dict[int, int] = defaultdict(int)
     refs: list[Any] = []
     in_flight: list[Any] = []
+    held: dict[Any, int] = {}  # bytes of rows each batch task in flight was given
     waiting: list[int] = []  # complete batches waiting for the threshold
     finished = 0
     seen = 0
     progress.start("features", len(todo))
     progress.start("batches", len(pending))
+    t_features = time.monotonic()
 
     def submit(b: int) -> None:
         if collector is not None and threshold is None:
@@ -335,6 +342,7 @@ def run_batches(files: Sequence[FileInfo], batches: np.ndarray, pending: set[int
         ref = batch_fn.remote(b, rows, config, threshold, layout, use_gpu)
         refs.append(ref)
         in_flight.append(ref)
+        held[ref] = sum(v.nbytes for v in rows.values()) + 100 * len(order)  # + the strings
 
     def reap(block: bool) -> None:
         """Collect finished batch tasks: all that are done, or (``block``) at least one."""
@@ -344,6 +352,7 @@ def run_batches(files: Sequence[FileInfo], batches: np.ndarray, pending: set[int
             if not ready:
                 return
             in_flight.remove(ready[0])
+            held.pop(ready[0], None)
             ray.get(ready[0])
             finished += 1
             progress.advance("batches", finished, len(pending))
@@ -368,10 +377,15 @@ def run_batches(files: Sequence[FileInfo], batches: np.ndarray, pending: set[int
             if counts[int(b)] == expected[int(b)]:
                 submit(int(b))
         reap(block=False)
-        if grows:
-            cpus = cluster_cpus()
-        while len(in_flight) > max(2, int(cpus)):
+        # While feature tasks are queued, Ray keeps their workers for them: a batch task
+        # gets a CPU when the queue runs dry. Waiting for batch tasks here (as a cap on
+        # their number did) emptied the queue several times a job, each time leaving CPUs
+        # idle; only the rows they hold are capped.
+        while in_flight and (sum(held.values()) > _MAX_BATCH_BYTES_IN_FLIGHT
+                             or len(in_flight) > _MAX_BATCHES_IN_FLIGHT):
             reap(block=True)
+    if timings is not None:
+        timings["features_s"] = round(time.monotonic() - t_features, 3)
     if collector is not None and threshold is None:  # defensive: sampled rows arrived short
         threshold = sample.decide(*collector.features())  # type: ignore[union-attr]
         waiting.clear()
