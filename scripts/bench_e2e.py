@@ -15,7 +15,9 @@ rooted at the child: the sum of VmRSS over the child and all its descendants, sa
   pool of ``os.cpu_count()`` processes, OpenCV at one thread each): the file's bytes,
   ``cv2.imdecode(..., IMREAD_COLOR_RGB)`` and the resize to the method's read size, as
   ``icas_ray.images.decode`` does for plain PNGs; images/s of the timed map (pool started and
-  warm).
+  warm). The classic methods read grey: icas then decodes the same way and converts to grey
+  (more work than the floor's), and resizes the grey image where the floor resizes RGB (a
+  third of that step, for the methods read at a fixed size: minhash, TM, SSIM).
 * **imagededup** (``imagededup==0.3.3.post2`` in its own venv with ``torch==2.14.1
   torchvision==0.29.1``, created by this script when missing): ``PHash().find_duplicates(image_dir,
   max_distance_threshold)``, the connected components of its duplicate map as clusters (single
@@ -33,9 +35,9 @@ rooted at the child: the sum of VmRSS over the child and all its descendants, sa
   and warm-up measured, the rest from ``run_reference``'s estimate); its ARI is then on the
   measured images only.
 
-The features phase of icas is read from the run's ``summary.json``: ``timings.features_s`` if
-the summary has it, else ``timings.batches_s`` (features and the per-batch clustering, which runs
-beside them: an upper bound of the features time). Its throughput (images / that time) is given
+The features phase of icas is read from the run's ``summary.json``: ``timings.features_s`` (the
+feature stage from its first task to its last image, with the per-batch clustering beside it on
+the same cores; older summaries: ``timings.batches_s``, which adds the last batches' clustering). Its throughput (images / that time) is given
 as a % of the decode floor of the same method; the given-threshold run is the headline (no
 threshold sample).
 
@@ -162,7 +164,13 @@ def _all_pids() -> list[int]:
 
 
 def run_process(cmd: list[str], *, log: str, timeout: float) -> dict[str, Any]:
-    """Run ``cmd`` as a child; its wall time, the peak RSS of its tree and what the tree held."""
+    """Run ``cmd`` as a child; its wall time, the peak RSS of its tree and what the tree held.
+
+    The disk's dirty pages are written out first (not timed): otherwise the previous tool's
+    copies (20,000 files at 20,000 images) and their deletion were written back during this
+    one's run, adding seconds to whichever tool came next.
+    """
+    os.sync()
     t, started = time.perf_counter(), time.time()
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=_child_env(), cwd=ROOT,
@@ -221,6 +229,7 @@ def _floor_decode(paths: list[str]) -> int:
 
 def decode_floor(paths: list[str], read: Any) -> dict[str, Any]:
     """Images/s of decoding ``paths`` (and resizing as ``read`` says) on every core."""
+    os.sync()
     import multiprocessing
 
     procs = os.cpu_count() or 1
@@ -630,10 +639,12 @@ def write_markdown(result: dict[str, Any], out_dir: str) -> None:
         f"the budget ({result['budget_s']:.0f} s) it stops after the batch in progress and its time is "
         "*extrapolated* (process start-up and imports measured, the loop from `run_reference`'s estimate); "
         "its ARI is then on the measured images.",
-        "* **features % of floor**: icas's feature throughput (images / `timings.batches_s` of summary.json: "
-        "features with the per-batch clustering beside them, so a lower bound; `features_s` where the summary "
-        "has it) against the decode floor: a `multiprocessing` pool over all CPUs decoding the same files "
-        "(`cv2.imdecode` to RGB and the resize to the method's read size, as `icas_ray.images.decode`).", "",
+        "* **features % of floor**: icas's feature throughput (images / `timings.features_s` of summary.json: "
+        "the feature stage from its first task to its last image, the per-batch clustering beside it on the same "
+        "cores; `batches_s` where a summary has no `features_s`) against the decode floor: a `multiprocessing` "
+        "pool over all CPUs decoding the same files (`cv2.imdecode` to RGB and the resize to the method's read "
+        "size, as `icas_ray.images.decode` does for plain PNGs; icas's classic methods then convert to grey, "
+        "and resize grey pixels where the floor resizes RGB).", "",
         markdown_tables(result),
         "Where icas's process time goes: *to Ray ready*: from the process's start to Ray's \"Started a local "
         "Ray instance\" in its log (Python start-up, imports, starting the embedded Ray); then the phases of "
