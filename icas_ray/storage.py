@@ -16,6 +16,9 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import functools
 import hashlib
 import io
 import logging
@@ -181,8 +184,8 @@ class Listing:
     problems: list[tuple[str, str]]
 
 
-#: Names of the temporary files :meth:`Storage.write_bytes` and local copies write before
-#: renaming or linking them into place (``.<name>.<32 hex>.tmp``); a kill can leave them
+#: Names of the temporary files :meth:`Storage.write_bytes` (and local copies, on filesystems
+#: without unnamed files) write before renaming or linking them into place (``.<name>.<32 hex>.tmp``); a kill can leave them
 #: behind, and a resumed run removes its own leftovers (:func:`is_temp_name`).
 _TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{32}\.tmp$")
 
@@ -529,8 +532,8 @@ class Storage:
         (no data copied); the source is never deleted here: the caller records the transfer
         first, then calls :meth:`delete`.
 
-        Local copies are written to a temporary sibling and linked into place, so ``dst``
-        never holds a partial copy. A symlinked source is copied by content.
+        Local copies are written unnamed and linked into place (:func:`_create_new`), so
+        ``dst`` never holds a partial copy. A symlinked source is copied by content.
 
         Raises:
             DestinationExists: ``dst`` exists.
@@ -538,8 +541,8 @@ class Storage:
         """
         if _scheme(src) == _scheme(dst) == "file":
             spath, dpath = self.fs(src)[1], self.fs(dst)[1]
-            os.makedirs(os.path.dirname(dpath), exist_ok=True)
             if move and not os.path.islink(spath):
+                os.makedirs(os.path.dirname(dpath), exist_ok=True)
                 try:
                     os.link(spath, dpath)
                     return os.stat(dpath).st_size, self.content_hash(dst)
@@ -547,10 +550,13 @@ class Storage:
                     raise DestinationExists(f"{dst!r} exists already") from e
                 except OSError:
                     pass  # another disk, or no hard links there: copy instead
-            size = os.stat(spath).st_size
-            with self._call(src, "read", open, spath, "rb") as fh:
-                md5 = self._put_local_new(dst, fh, fsync=move)
-            _check_copy(src, dst, size, os.stat(dpath).st_size)
+            fd = self._call(src, "read", os.open, spath, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                size = os.fstat(fd).st_size
+                copied, md5 = _create_new(dpath, dst, lambda: os.read(fd, _CHUNK), fsync=move)
+            finally:
+                os.close(fd)
+            _check_copy(src, dst, size, copied)
             return size, md5
         if self.exists(dst):
             raise DestinationExists(f"{dst!r} exists already")
@@ -562,35 +568,12 @@ class Storage:
         data = self.read_bytes(src)
         md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
         if _scheme(dst) == "file":
-            self._put_local_new(dst, io.BytesIO(data), fsync=move)
+            _create_new(self.fs(dst)[1], dst, functools.partial(io.BytesIO(data).read, _CHUNK),
+                        fsync=move)
         else:
             self.write_bytes(dst, data)
         _check_copy(src, dst, len(data), self.size(dst))
         return len(data), md5
-
-    def _put_local_new(self, dst: str, source: Any, *, fsync: bool) -> str:
-        """Stream ``source`` (a binary file object) to a temporary sibling of ``dst`` and
-        link it into place (never replacing a file there); returns the MD5."""
-        dpath = self.fs(dst)[1]
-        os.makedirs(os.path.dirname(dpath), exist_ok=True)
-        tmp = _temp_sibling(dpath)
-        digest = hashlib.md5(usedforsecurity=False)
-        try:
-            with open(tmp, "wb") as out:
-                for chunk in iter(lambda: source.read(1 << 20), b""):
-                    digest.update(chunk)
-                    out.write(chunk)
-                if fsync:  # the source is deleted after this copy: it must be on disk
-                    out.flush()
-                    os.fsync(out.fileno())
-            try:
-                os.link(tmp, dpath)
-            except FileExistsError as e:
-                raise DestinationExists(f"{dst!r} exists already") from e
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return digest.hexdigest()
 
     def delete(self, uri: str) -> None:
         fs, path = self.fs(uri)
@@ -601,6 +584,89 @@ class Storage:
         fs, path = self.fs(uri)
         if self._call(uri, "check", fs.exists, path):
             self._call(uri, "delete", fs.rm, path, recursive=True)
+
+
+#: Chunk size of local copies.
+_CHUNK = 1 << 20
+
+_PROC_FD: tuple[int, int] | None = None  # (pid, its /proc/self/fd folder open, or -1)
+_PROC_FD_LOCK = threading.Lock()
+
+
+def _proc_fd() -> int | None:
+    """This process's ``/proc/self/fd`` opened as a folder (None without ``/proc``); opened
+    again after a fork, since the folder it names is the opener's."""
+    global _PROC_FD
+    pid = os.getpid()
+    with _PROC_FD_LOCK:
+        if _PROC_FD is None or _PROC_FD[0] != pid:
+            try:
+                fd = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError:
+                fd = -1
+            _PROC_FD = (pid, fd)
+        return _PROC_FD[1] if _PROC_FD[1] >= 0 else None
+
+
+def _open_unnamed(path: str) -> tuple[int, str | None]:
+    """A new file for writing, in the folder of ``path`` (created if missing), that has no name
+    yet: ``(fd, None)`` for an unnamed file (``O_TMPFILE``), else ``(fd, temporary sibling)``
+    where the filesystem or the platform cannot make one."""
+    folder = os.path.dirname(path)
+    flag = getattr(os, "O_TMPFILE", 0)
+    if flag and _proc_fd() is not None:
+        for attempt in (0, 1):
+            try:
+                return os.open(folder, os.O_WRONLY | os.O_CLOEXEC | flag, 0o666), None
+            except FileNotFoundError:
+                if attempt:
+                    raise
+                os.makedirs(folder, exist_ok=True)
+            except OSError as e:
+                if e.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                    raise
+                break  # this filesystem has no unnamed files
+    os.makedirs(folder, exist_ok=True)
+    tmp = _temp_sibling(path)
+    return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666), tmp
+
+
+def _create_new(path: str, uri: str, read: Callable[[], bytes], *, fsync: bool) -> tuple[int, str]:
+    """Write the chunks ``read()`` returns (until ``b""``) to a new local file ``path``, never
+    replacing a file there; returns ``(bytes written, MD5)``.
+
+    The file gets its name only once complete: it is written unnamed and linked into place,
+    so a kill leaves nothing behind (on filesystems without unnamed files, a temporary sibling
+    is linked and removed instead). With ``fsync`` it is on disk before it is named.
+
+    Raises:
+        DestinationExists: a file ``uri`` (``path``) exists.
+    """
+    fd, tmp = _open_unnamed(path)
+    digest = hashlib.md5(usedforsecurity=False)
+    written = 0
+    try:
+        while chunk := read():
+            digest.update(chunk)
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view):]
+            written += len(chunk)
+        if fsync:  # the source is deleted after this copy: it must be on disk
+            os.fsync(fd)
+        try:
+            if tmp is None:
+                os.link(str(fd), path, src_dir_fd=_proc_fd(), follow_symlinks=True)
+            else:
+                os.link(tmp, path)
+        except FileExistsError as e:
+            raise DestinationExists(f"{uri!r} exists already") from e
+    finally:
+        os.close(fd)
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+    return written, digest.hexdigest()
 
 
 def _reason(e: OSError) -> str:

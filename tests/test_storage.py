@@ -184,3 +184,72 @@ def test_transfers_never_take_a_file_they_did_not_write(tmp_path, mode):  # type
     records = {r["dst"]: r for name in os.listdir(records_dir)
                for r in json.load(open(os.path.join(records_dir, name)))}
     assert records[dst]["size"] == len(PNG * 10) and len(records[dst]["md5"]) == 32
+
+
+@pytest.mark.parametrize("unnamed", [True, False], ids=["O_TMPFILE", "temp-sibling"])
+def test_local_copy_is_named_only_when_complete(tmp_path, monkeypatch, unnamed):  # type: ignore[no-untyped-def]
+    """A local copy is written unnamed (O_TMPFILE) and linked into place, or, on a filesystem
+    without unnamed files, under a temporary sibling: either way the destination appears
+    whole or not at all, a file there is never replaced, and nothing else is left behind."""
+    import hashlib
+
+    from icas_ray import storage as storage_mod
+    from icas_ray.storage import DestinationExists
+
+    if not unnamed:
+        monkeypatch.delattr(os, "O_TMPFILE", raising=False)
+    probe = str(tmp_path / "probe")
+    fd, tmp = storage_mod._open_unnamed(probe)
+    os.close(fd)
+    if tmp is not None:
+        os.unlink(tmp)
+    if unnamed and tmp is not None:
+        pytest.skip("this filesystem has no O_TMPFILE")
+    assert (tmp is None) == unnamed and os.listdir(tmp_path) == []
+
+    st = Storage()
+    data = os.urandom(3 * (1 << 20) + 17)  # several chunks
+    src, dst = str(tmp_path / "src.bin"), str(tmp_path / "new" / "deeper" / "dst.bin")
+    with open(src, "wb") as f:
+        f.write(data)
+    assert st.transfer_new(src, dst, move=False) == (len(data), hashlib.md5(data).hexdigest())
+    assert st.read_bytes(dst) == data and os.listdir(os.path.dirname(dst)) == ["dst.bin"]
+    with open(src, "ab") as f:
+        f.write(b"changed")
+    with pytest.raises(DestinationExists):
+        st.transfer_new(src, dst, move=False)
+    assert st.read_bytes(dst) == data and os.listdir(os.path.dirname(dst)) == ["dst.bin"]
+
+    # A copy cut short (its source fails after the first chunk) leaves no file at all.
+    chunks = iter([b"x" * 100])
+
+    def failing_read() -> bytes:
+        chunk = next(chunks, None)
+        if chunk is None:
+            raise OSError(5, "Input/output error")
+        return chunk
+
+    cut = str(tmp_path / "cut" / "f.bin")
+    with pytest.raises(OSError, match="Input/output"):
+        storage_mod._create_new(cut, cut, failing_read, fsync=False)
+    assert os.listdir(tmp_path / "cut") == []
+
+
+def test_local_copy_in_a_forked_process(tmp_path):  # type: ignore[no-untyped-def]
+    """A forked worker links its own unnamed file, not its parent's descriptor of that number."""
+    import multiprocessing
+
+    st = Storage()
+    src = str(tmp_path / "src.png")
+    st.write_bytes(src, PNG * 3)
+    st.transfer_new(src, str(tmp_path / "parent.png"), move=False)  # the parent opened /proc/self/fd
+    holder = open(src, "rb")  # noqa: SIM115 - keeps parent descriptors busy across the fork
+    try:
+        proc = multiprocessing.get_context("fork").Process(
+            target=st.transfer_new, args=(src, str(tmp_path / "child.png")), kwargs={"move": False})
+        proc.start()
+        proc.join(30)
+    finally:
+        holder.close()
+    assert proc.exitcode == 0
+    assert st.read_bytes(str(tmp_path / "child.png")) == PNG * 3
