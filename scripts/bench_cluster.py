@@ -299,8 +299,11 @@ def ref_pair_loop(files: list[str], comb: list[tuple[str, str]], feats: dict[str
 
 
 def run_reference(path: str, files: list[str], method: RefMethod, threshold: float, batch_size: int,
-                  budget: float) -> dict[str, Any]:
-    """The original pipeline on ``files`` (sorted by size), or on its first k batches within ``budget``."""
+                  budget: float, keep_in: str | None = None) -> dict[str, Any]:
+    """The original pipeline on ``files`` (sorted by size), or on its first k batches within ``budget``.
+
+    Its copies are deleted before it returns, or, with ``keep_in``, left in a new folder there (for
+    the caller to delete once nothing is timed: see ``bench_e2e.retire``)."""
     warm = [method.feature(os.path.join(path, f)) for f in files[:2]]  # warm-up (imports), not timed
     try:
         method.similarity(warm[0], warm[1])
@@ -382,14 +385,15 @@ def run_reference(path: str, files: list[str], method: RefMethod, threshold: flo
             for f in outliers:
                 pred[f] = None
         # writing: copy every file into its result folder (the original copied twice: batch and result)
-        out = tempfile.mkdtemp(prefix="icas_ref_out_")
+        out = tempfile.mkdtemp(prefix="icas_ref_out_", dir=keep_in)
         t = time.perf_counter()
         for f, c in pred.items():
             d = os.path.join(out, "outliers" if c is None else f"cluster_{c}")
             os.makedirs(d, exist_ok=True)
             shutil.copy(os.path.join(path, f), d)
         write_s = time.perf_counter() - t
-        shutil.rmtree(out, ignore_errors=True)
+        if keep_in is None:
+            shutil.rmtree(out, ignore_errors=True)
     measured_s = time.perf_counter() - t_all
     n_done = sum(len(bf) for bf in batch_files[:k])
     res: dict[str, Any] = {

@@ -60,6 +60,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -305,7 +306,7 @@ def _reference_main(spec: dict[str, Any]) -> None:
 
     files = sorted_files(spec["path"])
     res = run_reference(spec["path"], files, RefMethod(spec["method"]), spec["threshold"], spec["batch_size"],
-                        spec["budget"])
+                        spec["budget"], keep_in=spec["keep_in"])
     with open(spec["result"], "w") as f:
         json.dump(res, f, default=str)
 
@@ -320,10 +321,29 @@ def _child(role: str, spec: dict[str, Any], python: str, work: str, timeout: flo
     return res
 
 
+def _retired(work: str) -> str:
+    folder = os.path.join(work, "retired")
+    os.makedirs(folder, exist_ok=True)
+    return folder
+
+
+def retire(out: str, work: str) -> None:
+    """Put a tool's output aside, to be deleted after the last timed run (with ``work``).
+
+    Deleting it between runs slowed the next tool's file creation by seconds: an ext4 without a
+    journal (this machine's disk) does not reuse an inode freed in the last 60 s (more while its
+    inode table block is dirty) and scans past each one on every create; perf showed 40% of a
+    copy loop's kernel time in ext4's ``recently_deleted`` after the previous tool's 20,000
+    copies were removed.
+    """
+    if os.path.exists(out):
+        os.rename(out, os.path.join(_retired(work), f"{os.path.basename(out)}.{uuid.uuid4().hex}"))
+
+
 def run_imagededup(path: str, threshold: int, python: str, work: str, timeout: float) -> dict[str, Any]:
     out = os.path.join(work, "imagededup_out")
     res = _child("imagededup", {"path": path, "threshold": threshold, "output": out}, python, work, timeout)
-    shutil.rmtree(out, ignore_errors=True)
+    retire(out, work)
     res["pred"] = res.pop("result", {}).get("pred")
     return res
 
@@ -331,7 +351,7 @@ def run_imagededup(path: str, threshold: int, python: str, work: str, timeout: f
 def run_original(path: str, method: str, threshold: float, batch_size: int, budget: float, work: str,
                  timeout: float) -> dict[str, Any]:
     res = _child("reference", {"path": path, "method": method, "threshold": threshold, "batch_size": batch_size,
-                               "budget": budget}, sys.executable, work, timeout)
+                               "budget": budget, "keep_in": _retired(work)}, sys.executable, work, timeout)
     ref = res.pop("result", None)
     if ref is None:
         return res
@@ -348,7 +368,7 @@ def run_icas(path: str, method: str, threshold: float | None, batch_size: int, w
     from bench_cluster import manifest_pred
 
     out = os.path.join(work, "icas_out")
-    shutil.rmtree(out, ignore_errors=True)
+    retire(out, work)
     icas = os.path.join(os.path.dirname(sys.executable), "icas")
     cmd = [icas, "cluster", path, "--output", out, "--method", method, "--batch-size", str(batch_size)]
     if threshold is not None:
@@ -369,7 +389,7 @@ def run_icas(path: str, method: str, threshold: float | None, batch_size: int, w
         ready = _ray_ready(os.path.join(work, f"icas_{'given' if threshold is not None else 'suggested'}.log"))
         if ready is not None:
             res["ray_ready_s"] = round(ready - res["started"], 3)
-    shutil.rmtree(out, ignore_errors=True)
+    retire(out, work)
     return res
 
 
@@ -626,7 +646,9 @@ def write_markdown(result: dict[str, Any], out_dir: str) -> None:
         "Every tool is a process of its own, run one after the other on the same files (the original's digit "
         "generator): wall time of the process, peak memory of its whole process tree (the sum of VmRSS of the "
         "process and its descendants, sampled every 0.1 s: shared pages count once per process, so trees of "
-        "many processes look larger than they are).", "",
+        "many processes look larger than they are). Each tool's output is kept until the last timed run (this "
+        "disk's ext4 has no journal and scans past every inode freed in the last minute on each file it "
+        "creates: deleting the previous tool's 20,000 copies slowed the next tool's by seconds).", "",
         "* **icas**: `icas cluster INPUT --output OUT --method M --batch-size "
         f"{result['batch_size']}` (suggested threshold), and with `--threshold T` (given: the thresholds of "
         "`bench cluster`). A cold embedded Ray each time; its gcs, raylet and workers are in the driver's "
