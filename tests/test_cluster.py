@@ -282,6 +282,27 @@ def test_no_images_is_one_line_error(tmp_path):  # type: ignore[no-untyped-def]
         cluster(str(tmp_path / "in"), None, ClusterConfig(threshold=0.8))
 
 
+def test_local_writing_runs_in_the_workers_already_started(digits200, tmp_path):  # type: ignore[no-untyped-def]
+    """Local copies are CPU work (the kernel's file creation): writer tasks take a CPU each and
+    run in the worker processes the job has; none is started for them. At a quarter CPU
+    each, Ray ran eight writer tasks at once on 2 CPUs and started a worker process (about a
+    CPU-second) for each beyond the first two."""
+    import ray
+
+    logs = os.path.join(ray._private.worker._global_node.get_session_dir_path(), "logs")
+
+    def workers() -> set[str]:
+        return {n for n in os.listdir(logs) if n.startswith("python-core-worker-")}
+
+    config = {"threshold": 0.84, "batch_size": 50}
+    cluster(digits200, str(tmp_path / "warm"), ClusterConfig(**config))  # the pool is started
+    before = workers()
+    out = str(tmp_path / "out")
+    cluster(digits200, out, ClusterConfig(files_per_task=10, **config))  # 20 writer tasks
+    assert workers() - before == set()
+    _check_all_accounted(digits200, out, 200)
+
+
 def test_same_name_collision_never_overwrites(tmp_path):  # type: ignore[no-untyped-def]
     src = tmp_path / "in"
     img = np.zeros((64, 64, 3), np.uint8)

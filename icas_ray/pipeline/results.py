@@ -26,7 +26,7 @@ from icas_ray.pipeline.journal import Journal, TransferRecord, transfer_group
 from icas_ray.pipeline.stages import failpoint
 from icas_ray.progress import Progress
 from icas_ray.runtime import cluster_cpus
-from icas_ray.storage import Listing, Storage, is_temp_name
+from icas_ray.storage import Listing, Storage, is_remote, is_temp_name
 
 __all__ = ["write_results"]
 
@@ -37,7 +37,7 @@ def _write_task(items: list[tuple[str, str]], mode: str, storage: Storage, exist
                 records: dict[str, TransferRecord], record_dir: str) -> list[tuple[str, str]]:
     """Transfer files in groups (each group's records are stored before its moved sources are
     deleted: :func:`icas_ray.pipeline.journal.transfer_group`); remote groups in threads."""
-    from icas_ray.storage import is_remote, map_io
+    from icas_ray.storage import map_io
 
     remote = bool(items) and (is_remote(items[0][0]) or is_remote(items[0][1]))
     # Remote groups are small so that threads overlap their requests; local ones large so
@@ -76,7 +76,11 @@ def _write_files(plan: TransferPlan, mode: str, journal: Journal, plan_name: str
     # Few large tasks: each new worker process costs about a second to start.
     per_task = config.files_per_task or int(np.clip(-(-len(items) // int(cluster_cpus())), 64, 4096))
     chunks = [items[i:i + per_task] for i in range(0, len(items), per_task)]
-    task = ray.remote(_write_task).options(num_cpus=0.25)
+    # A local transfer is CPU work (the kernel's file creation): one task per CPU, in the
+    # worker processes the feature stage started. Transfers to or from an object store wait
+    # on requests (threads in each task): four tasks per CPU.
+    remote = bool(items) and (is_remote(items[0][0]) or is_remote(items[0][1]))
+    task = ray.remote(_write_task).options(num_cpus=0.25 if remote else 1)
     pending = [task.remote(c, mode, st, {d: existing[d] for _, d in c if d in existing},
                            {d: records[d] for _, d in c if d in records},
                            journal.records_dir(plan_name)) for c in chunks]
