@@ -34,12 +34,12 @@ logger = logging.getLogger(__name__)
 
 
 def _write_task(items: list[tuple[str, str]], mode: str, storage: Storage, existing: dict[str, int],
-                records: dict[str, TransferRecord], record_dir: str) -> list[tuple[str, str]]:
+                records: dict[str, TransferRecord], record_dir: str, remote: bool) -> list[tuple[str, str]]:
     """Transfer files in groups (each group's records are stored before its moved sources are
-    deleted: :func:`icas_ray.pipeline.journal.transfer_group`); remote groups in threads."""
+    deleted: :func:`icas_ray.pipeline.journal.transfer_group`); ``remote`` groups (to or from
+    an object store) in threads."""
     from icas_ray.storage import map_io
 
-    remote = bool(items) and (is_remote(items[0][0]) or is_remote(items[0][1]))
     # Remote groups are small so that threads overlap their requests; local ones large so
     # that a record file is written per few hundred files, not per file.
     size = 32 if remote else 256
@@ -83,7 +83,7 @@ def _write_files(plan: TransferPlan, mode: str, journal: Journal, plan_name: str
     task = ray.remote(_write_task).options(num_cpus=0.25 if remote else 1)
     pending = [task.remote(c, mode, st, {d: existing[d] for _, d in c if d in existing},
                            {d: records[d] for _, d in c if d in records},
-                           journal.records_dir(plan_name)) for c in chunks]
+                           journal.records_dir(plan_name), remote) for c in chunks]
     outcome: dict[str, str] = {}
     progress.start("writing", len(items))
     done_chunks = 0
