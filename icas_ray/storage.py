@@ -185,8 +185,9 @@ class Listing:
 
 
 #: Names of the temporary files :meth:`Storage.write_bytes` (and local copies, on filesystems
-#: without unnamed files) write before renaming or linking them into place (``.<name>.<32 hex>.tmp``); a kill can leave them
-#: behind, and a resumed run removes its own leftovers (:func:`is_temp_name`).
+#: without unnamed files) write before renaming or linking them into place
+#: (``.<name>.<32 hex>.tmp``); a kill can leave them behind, and a resumed run removes its own
+#: leftovers (:func:`is_temp_name`).
 _TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{32}\.tmp$")
 
 
@@ -550,7 +551,7 @@ class Storage:
                     raise DestinationExists(f"{dst!r} exists already") from e
                 except OSError:
                     pass  # another disk, or no hard links there: copy instead
-            fd = self._call(src, "read", os.open, spath, os.O_RDONLY | os.O_CLOEXEC)
+            fd = self._call(src, "read", os.open, spath, os.O_RDONLY | _CLOEXEC)
             try:
                 size = os.fstat(fd).st_size
                 copied, md5 = _create_new(dpath, dst, lambda: os.read(fd, _CHUNK), fsync=move)
@@ -588,6 +589,7 @@ class Storage:
 
 #: Chunk size of local copies.
 _CHUNK = 1 << 20
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)  # not on Windows
 
 _PROC_FD: tuple[int, int] | None = None  # (pid, its /proc/self/fd folder open, or -1)
 _PROC_FD_LOCK = threading.Lock()
@@ -601,7 +603,7 @@ def _proc_fd() -> int | None:
     with _PROC_FD_LOCK:
         if _PROC_FD is None or _PROC_FD[0] != pid:
             try:
-                fd = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                fd = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)
             except OSError:
                 fd = -1
             _PROC_FD = (pid, fd)
@@ -617,7 +619,7 @@ def _open_unnamed(path: str) -> tuple[int, str | None]:
     if flag and _proc_fd() is not None:
         for attempt in (0, 1):
             try:
-                return os.open(folder, os.O_WRONLY | os.O_CLOEXEC | flag, 0o666), None
+                return os.open(folder, os.O_WRONLY | _CLOEXEC | flag, 0o666), None
             except FileNotFoundError:
                 if attempt:
                     raise
@@ -628,7 +630,7 @@ def _open_unnamed(path: str) -> tuple[int, str | None]:
                 break  # this filesystem has no unnamed files
     os.makedirs(folder, exist_ok=True)
     tmp = _temp_sibling(path)
-    return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666), tmp
+    return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC, 0o666), tmp
 
 
 def _create_new(path: str, uri: str, read: Callable[[], bytes], *, fsync: bool) -> tuple[int, str]:

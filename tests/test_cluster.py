@@ -377,7 +377,10 @@ def test_resume_after_kill(digits200, tmp_path, transfer):  # type: ignore[no-un
     time.sleep(2)  # a batch task in flight when the driver died may still land its checkpoint
     ckpt = os.path.join(out, "_icas", "batches")
     done = {f: os.path.getmtime(os.path.join(ckpt, f)) for f in os.listdir(ckpt)}
-    assert 2 <= len(done) < 5
+    # The driver hands each batch to a task as soon as its rows are in, without waiting for
+    # earlier ones: every batch task can be in flight at the kill, and all of them may land
+    # (the run then resumes at the writing).
+    assert 2 <= len(done) <= 5
     # second interruption: during the writing phase (after the first writer task)
     r = _cli(*args, env={"ICAS_FAILPOINT": "transfers:1"})
     assert r.returncode == 75, r.stderr[-2000:]

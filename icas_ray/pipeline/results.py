@@ -34,7 +34,8 @@ logger = logging.getLogger(__name__)
 
 
 def _write_task(items: list[tuple[str, str]], mode: str, storage: Storage, existing: dict[str, int],
-                records: dict[str, TransferRecord], record_dir: str, remote: bool) -> list[tuple[str, str]]:
+                records: dict[str, TransferRecord], record_dir: str,
+                remote: bool) -> list[tuple[str, str]]:
     """Transfer files in groups (each group's records are stored before its moved sources are
     deleted: :func:`icas_ray.pipeline.journal.transfer_group`); ``remote`` groups (to or from
     an object store) in threads."""
