@@ -610,16 +610,18 @@ def _proc_fd() -> int | None:
         return _PROC_FD[1] if _PROC_FD[1] >= 0 else None
 
 
-def _open_unnamed(path: str) -> tuple[int, str | None]:
+def _open_unnamed(path: str) -> tuple[int, str | None, int | None]:
     """A new file for writing, in the folder of ``path`` (created if missing), that has no name
-    yet: ``(fd, None)`` for an unnamed file (``O_TMPFILE``), else ``(fd, temporary sibling)``
-    where the filesystem or the platform cannot make one."""
+    yet: ``(fd, None, proc)`` for an unnamed file (``O_TMPFILE``; ``proc`` is this process's
+    ``/proc/self/fd`` folder, to link it from), else ``(fd, temporary sibling, None)`` where the
+    filesystem or the platform cannot make one."""
     folder = os.path.dirname(path)
     flag = getattr(os, "O_TMPFILE", 0)
-    if flag and _proc_fd() is not None:
+    proc = _proc_fd() if flag else None
+    if proc is not None:
         for attempt in (0, 1):
             try:
-                return os.open(folder, os.O_WRONLY | _CLOEXEC | flag, 0o666), None
+                return os.open(folder, os.O_WRONLY | _CLOEXEC | flag, 0o666), None, proc
             except FileNotFoundError:
                 if attempt:
                     raise
@@ -630,7 +632,7 @@ def _open_unnamed(path: str) -> tuple[int, str | None]:
                 break  # this filesystem has no unnamed files
     os.makedirs(folder, exist_ok=True)
     tmp = _temp_sibling(path)
-    return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC, 0o666), tmp
+    return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC, 0o666), tmp, None
 
 
 def _create_new(path: str, uri: str, read: Callable[[], bytes], *, fsync: bool) -> tuple[int, str]:
@@ -644,7 +646,7 @@ def _create_new(path: str, uri: str, read: Callable[[], bytes], *, fsync: bool) 
     Raises:
         DestinationExists: a file ``uri`` (``path``) exists.
     """
-    fd, tmp = _open_unnamed(path)
+    fd, tmp, proc = _open_unnamed(path)
     digest = hashlib.md5(usedforsecurity=False)
     written = 0
     try:
@@ -658,7 +660,7 @@ def _create_new(path: str, uri: str, read: Callable[[], bytes], *, fsync: bool) 
             os.fsync(fd)
         try:
             if tmp is None:
-                os.link(str(fd), path, src_dir_fd=_proc_fd(), follow_symlinks=True)
+                os.link(str(fd), path, src_dir_fd=proc, follow_symlinks=True)
             else:
                 os.link(tmp, path)
         except FileExistsError as e:

@@ -199,7 +199,7 @@ def test_local_copy_is_named_only_when_complete(tmp_path, monkeypatch, unnamed):
     if not unnamed:
         monkeypatch.delattr(os, "O_TMPFILE", raising=False)
     probe = str(tmp_path / "probe")
-    fd, tmp = storage_mod._open_unnamed(probe)
+    fd, tmp, _ = storage_mod._open_unnamed(probe)
     os.close(fd)
     if tmp is not None:
         os.unlink(tmp)
