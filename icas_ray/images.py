@@ -268,10 +268,22 @@ def decode(data: bytes, config: ReadConfig | None = None) -> np.ndarray:
 
 
 def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize to ``(width, height)``; area interpolation when shrinking, linear when growing."""
+    """Resize to ``(width, height)``; area interpolation when shrinking, linear when growing.
+
+    A shrink by an even factor on both sides goes in halves first (256 -> 128 -> 64): OpenCV
+    averages 2x2 areas with SIMD code and larger integer areas with a scalar loop (grey 256x256
+    to 64x64: 5.7 against 21.7 us; RGB: 24 against 80 us). The average of 2x2 averages is the
+    4x4 average, each level rounded to uint8: pixels may differ from a direct shrink by one
+    level.
+    """
     w, h = size
-    shrink = w * h < image.shape[0] * image.shape[1]
-    return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    height, width = image.shape[:2]
+    if w * h >= width * height:
+        return cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
+    while width % (2 * w) == 0 and height % (2 * h) == 0 and (width, height) != (2 * w, 2 * h):
+        width, height = width // 2, height // 2
+        image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+    return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
 
 
 def to_gray(image: np.ndarray) -> np.ndarray:

@@ -119,6 +119,39 @@ def test_corner_indices_are_the_stable_sorts_top_n():  # type: ignore[no-untyped
             np.testing.assert_array_equal(corner_indices(gray, p), expected)
 
 
+@pytest.mark.parametrize("case", ["spread", "bound-ties", "few-levels", "zeros", "signed-zero", "short"])
+def test_top_indices_is_the_stable_sorts_top_n(case):  # type: ignore[no-untyped-def]
+    """The candidates' cut (group maxima bound the n-th largest value) keeps what a stable
+    argsort picks, where the bound is below it, where it is it (its ties to the last
+    occurrences), and where no cut applies (a size not in groups)."""
+    from icas_ray.features.minhash import top_indices
+
+    rng = np.random.default_rng(7)
+    for trial in range(40):
+        size = 1000 if case == "short" else 16384
+        if case == "spread":
+            values = rng.normal(size=size)
+        elif case == "bound-ties":  # a plateau of 9 equal values around each of a few peaks
+            values = rng.normal(size=size) * 0.01
+            for peak in rng.integers(0, size - 9, 15):
+                values[peak:peak + 9] = rng.integers(1, 4)
+        elif case == "few-levels":
+            values = rng.integers(-3, 4, size) * 0.5
+        elif case == "zeros":  # fewer positives than n: the rest are the last zeros
+            values = np.zeros(size)
+            values[rng.integers(0, size, 30)] = rng.random(30) + 1
+        elif case == "signed-zero":  # -0.0 ties with 0.0
+            values = np.zeros(size)
+            values[rng.integers(0, size, 3000)] = -0.0
+            values[rng.integers(0, size, 20)] = 1.0
+        else:
+            values = rng.integers(0, 5, size).astype(float)
+        values = values.astype(np.float32)
+        for n in (1, 100, 256, 300):
+            expected = np.sort(np.argsort(values, kind="stable")[-n:])
+            np.testing.assert_array_equal(top_indices(values, n), expected, err_msg=f"{case} {trial} {n}")
+
+
 @pytest.mark.parametrize("read", [None, ReadConfig(scale=1.0)], ids=["grid", "scale"])
 def test_minhash_matches_datasketch_jaccard(read):  # type: ignore[no-untyped-def]
     """On the default 128x128 grid (positions as signatures) and without one (hash values),

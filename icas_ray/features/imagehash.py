@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from icas_ray.features._base import FeatureMethod, Features, positive_int, register
-from icas_ray.images import ReadConfig
+from icas_ray.images import ReadConfig, resize
 
 __all__ = ["ImageHashMethod", "hamming_similarity"]
 
@@ -116,6 +116,10 @@ class ImageHashMethod(FeatureMethod):
         # Grey, then shrink (ImageHash's order: convert("L"), then resize); area averaging
         # on one channel costs a third of it on three.
         grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if image.ndim == 3 else image
+        if grey.shape == (side, side):
+            return grey
+        if min(grey.shape) > side:  # a shrink: area averaging, in halves where it can
+            return resize(grey, (side, side))
         return cv2.resize(grey, (side, side), interpolation=cv2.INTER_AREA)
 
     def extract_prepared(self, prepared: Sequence[np.ndarray]) -> Features:

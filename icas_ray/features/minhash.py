@@ -36,7 +36,7 @@ import numpy as np
 from icas_ray.features._base import Features, FeatureMethod, positive_int, register
 from icas_ray.images import ReadConfig, resize, to_gray
 
-__all__ = ["MinHashMethod", "corner_indices", "signature_similarity"]
+__all__ = ["MinHashMethod", "corner_indices", "signature_similarity", "top_indices"]
 
 _BLOCK_BYTES = 32 * 2**20
 #: Largest grid whose signatures are positions (16-bit).
@@ -64,16 +64,47 @@ def corner_indices(gray: np.ndarray, p: MinHashParams) -> np.ndarray:
     """Sorted flattened indices of the ``top_n_corners`` strongest dilated Harris responses."""
     response = cv2.cornerHarris(gray.astype(np.float32), p.block_size, p.ksize, p.k)
     response = np.asarray(cv2.dilate(response, None), np.float32).ravel()  # type: ignore[call-overload]
-    n = min(p.top_n_corners, response.size)
-    # The n largest responses, ties going to the larger index (the n last of a stable
-    # ascending sort). The dilated response is full of ties, on which argpartition is 15x
-    # slower, so every pixel gets a distinct key: its response as an order-preserving
-    # unsigned integer in the high 32 bits, its index in the low ones. A partition of those
-    # keys picks the same pixels as the stable sort, in half its time.
-    bits = (response + np.float32(0.0)).view(np.uint32)  # + 0.0: -0.0 becomes 0.0, a tie
+    return top_indices(response, min(p.top_n_corners, response.size))
+
+
+#: Groups of pixels whose maxima bound the n-th largest response from below (a power of 2:
+#: every grid of 128x128 or more, in powers of 2, splits into them).
+_GROUPS = 1024
+
+
+def top_indices(values: np.ndarray, n: int) -> np.ndarray:
+    """Sorted indices of the ``n`` largest of the 1-D float32 ``values``, ties going to the
+    larger index (the ``n`` last of a stable ascending sort).
+
+    The dilated response is full of ties, on which ``argpartition`` is 15x slower, so every
+    candidate gets a distinct key: its value as an order-preserving unsigned integer in the
+    high 32 bits, its index in the low ones. The candidates are first cut down: the ``n``-th
+    largest of the maxima of ``_GROUPS`` disjoint groups of pixels is at most the ``n``-th
+    largest value (those ``n`` maxima are ``n`` pixels), so values above it are the only
+    candidates, or, when fewer than ``n`` are, it *is* the ``n``-th largest value and the rest
+    are its last occurrences. On the generated digits 100 to 150 pixels of 16,384 remain
+    (29 against 54 us a 128x128 response).
+    """
+    size = values.size
+    if n >= size:
+        return np.arange(size)
+    if size % _GROUPS == 0 and size >= 4 * _GROUPS and n <= _GROUPS // 4:
+        maxima = values.reshape(-1, _GROUPS).max(axis=0)  # group j: pixels j, j + 1024, ...
+        bound = np.partition(maxima, _GROUPS - n)[_GROUPS - n]
+        above = np.flatnonzero(values > bound)
+        if len(above) < n:  # the bound is the n-th largest value
+            ties = np.flatnonzero(values == bound)
+            return np.sort(np.concatenate([above, ties[len(ties) - (n - len(above)):]]))
+        return above[_top_by_key(values[above], n)]
+    return _top_by_key(values, n)
+
+
+def _top_by_key(values: np.ndarray, n: int) -> np.ndarray:
+    """:func:`top_indices` over every value (distinct 64-bit keys, one partition)."""
+    bits = (values + np.float32(0.0)).view(np.uint32)  # + 0.0: -0.0 becomes 0.0, a tie
     ordered = np.where(bits >> np.uint32(31), ~bits, bits | np.uint32(0x80000000))
-    keys = (ordered.astype(np.uint64) << np.uint64(32)) | np.arange(response.size, dtype=np.uint64)
-    return np.sort(np.argpartition(keys, response.size - n)[response.size - n:])
+    keys = (ordered.astype(np.uint64) << np.uint64(32)) | np.arange(values.size, dtype=np.uint64)
+    return np.sort(np.argpartition(keys, values.size - n)[values.size - n:])
 
 
 @functools.lru_cache(maxsize=8)
@@ -194,7 +225,10 @@ class MinHashMethod(FeatureMethod):
         if gray.shape != (h, w):  # the pipeline reads at the grid already
             gray = resize(gray, (w, h))
         idx = corner_indices(gray, p)
-        positions: np.ndarray = idx[_permuted(table[idx], a, b).argmin(axis=0)].astype(np.uint16)
+        # (num_perm, corners): each permutation's minimum over a contiguous row (a reduction
+        # along the first axis of the transpose is slower).
+        permuted = a[:, None] * table[idx][None, :] + b[:, None]
+        positions: np.ndarray = idx[permuted.argmin(axis=1)].astype(np.uint16)
         return positions
 
     def extract_prepared(self, prepared: Sequence[np.ndarray]) -> Features:
