@@ -71,3 +71,21 @@ def test_grey_reads_of_plain_pngs_are_the_luma(mode):  # type: ignore[no-untyped
     np.testing.assert_array_equal(decode(data, ReadConfig(grey=True)), luma)
     got = decode(data, ReadConfig(size=(30, 20), grey=True))
     np.testing.assert_array_equal(got, images.resize(luma, (30, 20)))  # grey, then resized
+
+
+@pytest.mark.parametrize("shape, size", [((256, 256), (64, 64)), ((256, 256, 3), (32, 32)),
+                                         ((512, 256), (32, 128)), ((384, 384), (64, 64))])
+def test_resize_in_halves_is_the_area_average(shape, size):  # type: ignore[no-untyped-def]
+    """A shrink by even factors, in 2x2 halves, is OpenCV's area average of the whole factor
+    within one level (each half rounds); other factors are the direct area average."""
+    import cv2
+
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 256, shape, dtype=np.uint8)
+    image = cv2.GaussianBlur(image, (5, 5), 0)  # photo-like: neighbours correlate
+    got = images.resize(image, size)
+    direct = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    assert got.shape == direct.shape and got.dtype == np.uint8
+    assert np.abs(got.astype(int) - direct.astype(int)).max() <= 1
+    odd = images.resize(image[:300, :300], (100, 100))  # factor 3: no halves
+    np.testing.assert_array_equal(odd, cv2.resize(image[:300, :300], (100, 100), interpolation=cv2.INTER_AREA))
