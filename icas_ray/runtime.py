@@ -142,8 +142,15 @@ def _lean_start(enabled: bool) -> Iterator[None]:
     API server: it is what a dashboard that fails to start leaves. Both are Ray internals
     (``Node.start_monitor``/``Node.start_api_server``): if this Ray has neither, it starts
     as usual.
+
+    Before it starts the raylet, Ray decides whether the dashboard agent runs in full by
+    importing the dashboard's dependencies in the driver (aiohttp, grpc, opentelemetry, ...:
+    150 ms of the driver's CPU, on the path to Ray's start, beside the listing); here it
+    finds them instead (under a millisecond: the same answer unless a dependency is
+    installed but broken, which the agent then reports as it would have).
     """
     try:
+        import ray._private.utils as ray_utils
         from ray._private.node import Node
     except ImportError:  # pragma: no cover - a Ray without the internals this relies on
         enabled = False
@@ -154,11 +161,36 @@ def _lean_start(enabled: bool) -> Iterator[None]:
     saved = {n: Node.__dict__[n] for n in ("start_monitor", "start_api_server") if n in Node.__dict__}
     Node.start_monitor = lambda self: None  # type: ignore[method-assign]
     Node.start_api_server = lambda self, **_: None  # type: ignore[method-assign]
+    check = getattr(ray_utils, "get_dashboard_dependency_error", None)
+    if callable(check):
+        ray_utils.get_dashboard_dependency_error = _dashboard_dependency_error
     try:
         yield
     finally:
         for name, value in saved.items():
             setattr(Node, name, value)
+        if callable(check):
+            ray_utils.get_dashboard_dependency_error = check
+
+
+#: The modules ``ray.dashboard.optional_deps`` imports (Ray's test of a full install).
+_DASHBOARD_DEPENDENCIES = ("aiohttp", "aiohttp_cors", "grpc", "opencensus", "opentelemetry",
+                           "opentelemetry.exporter.prometheus", "opentelemetry.proto",
+                           "prometheus_client", "pydantic")
+
+
+def _dashboard_dependency_error() -> ImportError | None:
+    """Ray's ``get_dashboard_dependency_error`` by finding the modules, not importing them."""
+    import importlib.util
+
+    for name in _DASHBOARD_DEPENDENCIES:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError) as e:
+            return ImportError(f"{name}: {e}")
+        if not found:
+            return ImportError(f"No module named {name!r}")
+    return None
 
 
 def stop_ray() -> None:
