@@ -67,8 +67,8 @@ def corner_indices(gray: np.ndarray, p: MinHashParams) -> np.ndarray:
     return top_indices(response, min(p.top_n_corners, response.size))
 
 
-#: Groups of pixels whose maxima bound the n-th largest response from below (a power of 2:
-#: every grid of 128x128 or more, in powers of 2, splits into them).
+#: Groups of pixels whose maxima bound the n-th largest response from below: a grid whose
+#: pixel count is a multiple of it (the default 128x128, any side a multiple of 32) uses them.
 _GROUPS = 1024
 
 
