@@ -95,7 +95,8 @@ def top_indices(values: np.ndarray, n: int) -> np.ndarray:
         if len(above) < n:  # the bound is the n-th largest value
             ties = np.flatnonzero(values == bound)
             return np.sort(np.concatenate([above, ties[len(ties) - (n - len(above)):]]))
-        return above[_top_by_key(values[above], n)]
+        picked: np.ndarray = above[_top_by_key(values[above], n)]
+        return picked
     return _top_by_key(values, n)
 
 
