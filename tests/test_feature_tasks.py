@@ -38,9 +38,9 @@ def test_a_cluster_without_cpus_still_gets_feature_tasks_then_two_per_cpu(
             return self
 
         def remote(self, uris: list[str], sizes: np.ndarray, columns: dict[str, np.ndarray],
-                   job: Any) -> dict[str, np.ndarray]:
+                   job: Any) -> tuple[float, dict[str, np.ndarray]]:
             rows.append(len(uris))
-            return {"uri": np.asarray(uris, dtype=object), **columns}
+            return 0.0, {"uri": np.asarray(uris, dtype=object), **columns}
 
     def wait(refs: list[Any], num_returns: int = 1) -> tuple[list[Any], list[Any]]:
         peaks.append(len(refs))
@@ -76,8 +76,8 @@ def test_an_embedded_ray_keeps_its_size(monkeypatch: pytest.MonkeyPatch) -> None
             return self
 
         def remote(self, uris: list[str], sizes: np.ndarray, columns: dict[str, np.ndarray],
-                   job: Any) -> dict[str, np.ndarray]:
-            return {"uri": np.asarray(uris, dtype=object), **columns}
+                   job: Any) -> tuple[float, dict[str, np.ndarray]]:
+            return 0.0, {"uri": np.asarray(uris, dtype=object), **columns}
 
     def wait(refs: list[Any], num_returns: int = 1) -> tuple[list[Any], list[Any]]:
         peaks.append(len(refs))

@@ -67,6 +67,8 @@ def test_the_threshold_sample_is_extracted_once(digits200, tmp_path):  # type: i
     # the batches phase, the threshold's decision within it too.
     timings = summary["timings"]
     assert 0 < timings["threshold_s"] <= timings["features_s"] <= timings["batches_s"]
+    # The wait for the first feature task to start (Ray's workers starting) is part of it.
+    assert 0 <= timings["features_wait_s"] < timings["features_s"]
     opens = _opens(trace, images)
     names = sorted(os.listdir(images))
     # Once to extract the features, once to copy the file into its cluster folder.

@@ -145,18 +145,22 @@ _MIN_GROWING_SLOTS = 8
 
 
 def _extract_chunk(uris: list[str], sizes: np.ndarray, columns: dict[str, np.ndarray],
-                   job: dict[str, Any]) -> dict[str, np.ndarray]:
+                   job: dict[str, Any]) -> tuple[float, dict[str, np.ndarray]]:
     """Task: the features of a chunk of the listing, extracted ``_ROWS_PER_UDF_CALL`` rows at
-    a time (bounding the decoded pixels held at once)."""
+    a time (bounding the decoded pixels held at once), and when the task started (epoch
+    seconds: the stage's wait for its first worker is timed from it)."""
+    started = time.time()
     rows = {"uri": np.asarray(uris, dtype=object), "size": np.asarray(sizes), **columns}
     out = [extract_task({k: v[i:i + _ROWS_PER_UDF_CALL] for k, v in rows.items()}, **job)
            for i in range(0, len(uris), _ROWS_PER_UDF_CALL)]
-    return {k: np.concatenate([o[k] for o in out]) for k in out[0]}
+    return started, {k: np.concatenate([o[k] for o in out]) for k in out[0]}
 
 
 def _task_parts(todo: Sequence[FileInfo], columns: dict[str, np.ndarray], job: dict[str, Any],
-                *, grows: bool) -> Iterator[dict[str, np.ndarray]]:
-    """The features of ``todo`` from Ray tasks over chunks of it, in order of completion.
+                *, grows: bool, started: list[float] | None = None,
+                ) -> Iterator[dict[str, np.ndarray]]:
+    """The features of ``todo`` from Ray tasks over chunks of it, in order of completion
+    (``started`` receives each task's start, epoch seconds).
 
     Plain tasks, not a Ray Data stage: Ray Data starts two actors and a streaming executor per
     job, which on a 2-core machine doubled the feature phase of 2,000 images (7.5-11.8 s
@@ -191,7 +195,10 @@ def _task_parts(todo: Sequence[FileInfo], columns: dict[str, np.ndarray], job: d
         if not in_flight:
             return
         ready, in_flight = ray.wait(in_flight, num_returns=1)
-        yield ray.get(ready[0])
+        t_start, part = ray.get(ready[0])
+        if started is not None:
+            started.append(t_start)
+        yield part
         if grows:
             slots = max(1, int(cluster_cpus()))
 
@@ -284,7 +291,10 @@ def run_batches(files: Sequence[FileInfo], batches: np.ndarray, pending: set[int
             persists the batch's checkpoint (where the merge reads it).
         sample: the threshold's sample, when the threshold is to be suggested.
         timings: receives ``features_s``, the feature stage's seconds (to its last image;
-            the per-batch clustering runs beside it).
+            the per-batch clustering runs beside it), and with feature tasks
+            ``features_wait_s``, the part of it before the first task started (Ray's workers
+            still starting: their processes start once Ray is up, and a first task waits for
+            one).
 
     Returns:
         The number of batches computed, the refs to wait for, and the threshold.
@@ -311,11 +321,12 @@ def run_batches(files: Sequence[FileInfo], batches: np.ndarray, pending: set[int
     job = {"method": config.method, "params": dict(config.method_params),
            "storage": layout.storage, "read": config.read_config()}
     columns = {"batch": batches[sel], "row": sel}
+    task_starts: list[float] = []
     if config.feature_compute == "actors":
         parts = _actor_pool_parts(todo, columns, job, cpus=cluster_cpus(), grows=grows,
                                   gpu=bool(config.gpu) and method.loads_model)
     else:
-        parts = _task_parts(todo, columns, job, grows=grows)
+        parts = _task_parts(todo, columns, job, grows=grows, started=task_starts)
     batch_fn = ray.remote(batch_task).options(num_cpus=1, num_gpus=0.25 if use_gpu else 0)
     buffers: dict[int, list[dict[str, np.ndarray]]] = defaultdict(list)
     counts: dict[int, int] = defaultdict(int)
@@ -327,7 +338,7 @@ def run_batches(files: Sequence[FileInfo], batches: np.ndarray, pending: set[int
     seen = 0
     progress.start("features", len(todo))
     progress.start("batches", len(pending))
-    t_features = time.monotonic()
+    t_features, t_features_epoch = time.monotonic(), time.time()
 
     def submit(b: int) -> None:
         if collector is not None and threshold is None:
@@ -386,6 +397,9 @@ def run_batches(files: Sequence[FileInfo], batches: np.ndarray, pending: set[int
             reap(block=True)
     if timings is not None:
         timings["features_s"] = round(time.monotonic() - t_features, 3)
+        if task_starts:  # clipped: a worker's clock on another node may differ a little
+            wait = min(task_starts) - t_features_epoch
+            timings["features_wait_s"] = round(min(max(wait, 0.0), timings["features_s"]), 3)
     if collector is not None and threshold is None:  # defensive: sampled rows arrived short
         threshold = sample.decide(*collector.features())  # type: ignore[union-attr]
         waiting.clear()
