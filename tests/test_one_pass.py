@@ -69,6 +69,8 @@ def test_the_threshold_sample_is_extracted_once(digits200, tmp_path):  # type: i
     assert 0 < timings["threshold_s"] <= timings["features_s"] <= timings["batches_s"]
     # The wait for the first feature task to start (Ray's workers starting) is part of it.
     assert 0 <= timings["features_wait_s"] < timings["features_s"]
+    # The listing ran beside Ray's start: what the run waited for it afterwards is timed apart.
+    assert timings["listing_s"] > 0 and timings["listing_wait_s"] >= 0
     opens = _opens(trace, images)
     names = sorted(os.listdir(images))
     # Once to extract the features, once to copy the file into its cluster folder.

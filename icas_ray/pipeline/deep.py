@@ -102,7 +102,7 @@ def run_deep(input_uri: str, run: OpenRun, config: ClusterConfig, progress: Prog
     journal, state, listing, batches = run.journal, run.state, run.listing, run.batches
     layout = journal.layout
     files = listing.files
-    timings: dict[str, float] = {"listing_s": run.listing_s}
+    timings = run.timings()
     n_batches = int(batches.max()) + 1
     journal.save_state(state, input_uri, config)
     done_before, pending = pending_batches(state, config, n_batches, layout.root)

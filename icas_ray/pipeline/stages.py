@@ -511,7 +511,12 @@ class OpenRun:
     state: RunState
     listing: Listing
     batches: np.ndarray
-    listing_s: float
+    listing_s: float  # the listing's own seconds (it runs beside Ray's start)
+    listing_wait_s: float  # the part of them the run waited for once Ray was up
+
+    def timings(self) -> dict[str, float]:
+        """The run's timings so far (summary.json's ``timings`` starts from them)."""
+        return {"listing_s": self.listing_s, "listing_wait_s": self.listing_wait_s}
 
 
 @contextmanager
@@ -550,6 +555,9 @@ def open_run(input_uri: str, output: str | None, config: Any, storage: Storage,
                 listed.cancel()
                 raise
             warm_workers(config)
+            t_wait = time.monotonic()
             listing, batches, listing_s = listed.result()
+            listing_wait_s = time.monotonic() - t_wait
         check_gpu_request(bool(getattr(config, "gpu", False)), resources)
-        yield OpenRun(journal, state, listing, batches, round(listing_s, 3))
+        yield OpenRun(journal, state, listing, batches, round(listing_s, 3),
+                      round(listing_wait_s, 3))
