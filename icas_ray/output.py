@@ -272,8 +272,8 @@ def write_tables(layout: Layout, results: Sequence[BatchResult], final: dict[int
     """``manifest.parquet`` (one row per input, then one per entry that could not be listed,
     status ``unlisted``) and ``edges.parquet``.
 
-    Built column by column (numpy, then Arrow's ``take`` for the edges' URIs): a per-row
-    Python loop took 4 s for 20,000 images and their millions of edges.
+    Built column by column (numpy; the edges' URIs dictionary-encoded): a per-row Python loop
+    took 4 s for 20,000 images and their millions of edges.
     """
     import pyarrow as pa
 
@@ -320,26 +320,41 @@ def write_tables(layout: Layout, results: Sequence[BatchResult], final: dict[int
             columns[key] = pa.concat_arrays([columns[key], pa.array(values, columns[key].type)])
     layout.storage.write_table(layout.path("manifest.parquet"), pa.table(columns))
 
-    ends, phases, sims = [], [], []
-    for r, batch_uris in zip(results, uris):
-        names = pa.array(batch_uris, pa.string())
-        ends.append((names.take(pa.array(np.asarray(r.edge_a, np.int64))),
-                     names.take(pa.array(np.asarray(r.edge_b, np.int64)))))
+    # The pairs' names as indices into one dictionary of every URI: Parquet writes a
+    # dictionary-encoded column as its dictionary and the indices (the encoding it would
+    # choose anyway), without building the million strings of a 20,000-image job's edges
+    # (Arrow's take and concatenation 0.34-1.1 s, against 0.15-0.19 s for the whole table).
+    names = pa.array(uri, pa.string())
+    offsets = np.cumsum([0] + [len(u) for u in uris])
+    ends_a, ends_b, phases, sims = [], [], [], []
+    for r, offset in zip(results, offsets):
+        ends_a.append(np.asarray(r.edge_a, np.int64) + offset)
+        ends_b.append(np.asarray(r.edge_b, np.int64) + offset)
         sims.append(np.asarray(r.edge_sim, np.float32))
         phases.append(np.zeros(len(r.edge_a), np.int8))
     if merge is not None:
-        ends.append((pa.array(np.asarray(merge.edge_uri_a).astype(str), pa.string()),
-                     pa.array(np.asarray(merge.edge_uri_b).astype(str), pa.string())))
+        import pyarrow.compute as pc
+
+        for side, merge_uris in ((ends_a, merge.edge_uri_a), (ends_b, merge.edge_uri_b)):
+            index = pc.index_in(pa.array(np.asarray(merge_uris).astype(str), pa.string()),
+                                value_set=names)
+            if index.null_count:
+                raise RuntimeError("a merge edge names an image no batch has")
+            side.append(index.to_numpy(zero_copy_only=False).astype(np.int64))
         sims.append(np.asarray(merge.edge_sim, np.float32))
         phases.append(np.ones(len(merge.edge_sim), np.int8))
-    empty = pa.array([], pa.string())
-    phase = np.concatenate(phases) if phases else np.empty(0, np.int8)
+
+    def named(parts: list[np.ndarray], dictionary: Any) -> Any:
+        index = np.concatenate(parts) if parts else np.empty(0, np.int64)
+        return pa.DictionaryArray.from_arrays(pa.array(index, pa.int64()), dictionary)
+
     layout.storage.write_table(layout.path("edges.parquet"), pa.table({
-        "a": pa.concat_arrays([a for a, _ in ends]) if ends else empty,
-        "b": pa.concat_arrays([b for _, b in ends]) if ends else empty,
+        "a": named(ends_a, names),
+        "b": named(ends_b, names),
         "similarity": pa.array(np.concatenate(sims) if sims else np.empty(0, np.float32),
                                pa.float32()),
-        "phase": pa.array(["batch", "merge"], pa.string()).take(pa.array(phase.astype(np.int64)))}))
+        "phase": named(phases, pa.array(["batch", "merge"], pa.string()))}),
+        arrow_schema=False)  # read back as plain strings, not Arrow dictionaries
 
 
 def count_results(results: Sequence[BatchResult], final: dict[int, np.ndarray] | None,

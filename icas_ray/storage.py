@@ -452,13 +452,17 @@ class Storage:
 
         return pq.read_table(pa.BufferReader(self.read_bytes(uri)))
 
-    def write_table(self, uri: str, table: Any) -> None:
-        """Write a ``pyarrow.Table`` as Parquet, atomically (see :meth:`write_bytes`)."""
+    def write_table(self, uri: str, table: Any, *, arrow_schema: bool = True) -> None:
+        """Write a ``pyarrow.Table`` as Parquet, atomically (see :meth:`write_bytes`).
+
+        ``arrow_schema=False`` leaves Arrow's schema out of the file: readers get Parquet's own
+        types, so a dictionary-encoded column reads back as plain values.
+        """
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         buf = pa.BufferOutputStream()
-        pq.write_table(table, buf)
+        pq.write_table(table, buf, store_schema=arrow_schema)
         self.write_bytes(uri, buf.getvalue().to_pybytes())
 
     def makedirs(self, uri: str) -> None:
