@@ -122,16 +122,29 @@ _MIN_GROUP = 5
 def _spanning_tree(sim: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The maximum spanning tree of a (finite, symmetric) similarity matrix.
 
+    Prim's algorithm on the dense matrix, one vectorized row update per node added: a sample's
+    matrix is dense, and scipy's sparse spanning tree spent 0.11 s converting a 1,000-image one
+    where this takes about 0.02 s (the suggestion runs while the features are extracted).
+
     Returns ``(a, b, weight)``, its edges from the strongest to the weakest.
     """
-    from scipy.sparse.csgraph import minimum_spanning_tree
-
-    top = float(sim.max())
-    dist = (top + 1.0) - sim  # maximum spanning tree = minimum spanning tree of top+1-sim (> 0)
-    np.fill_diagonal(dist, 0.0)
-    tree = minimum_spanning_tree(dist).tocoo()
-    order = np.argsort(tree.data, kind="stable")
-    return tree.row[order], tree.col[order], top + 1.0 - tree.data[order]
+    n = len(sim)
+    best = np.array(sim[0], dtype=np.float64)  # each node's strongest link to the tree so far
+    link = np.zeros(n, np.int64)  # ... and the tree node it links to
+    best[0] = -np.inf
+    out = np.ones(n, bool)
+    out[0] = False
+    a, b, w = np.empty(n - 1, np.int64), np.empty(n - 1, np.int64), np.empty(n - 1, np.float64)
+    for k in range(n - 1):
+        j = int(np.argmax(best))
+        a[k], b[k], w[k] = link[j], j, best[j]
+        out[j] = False
+        best[j] = -np.inf
+        closer = out & (sim[j] > best)
+        best[closer] = sim[j, closer]
+        link[closer] = j
+    order = np.argsort(-w, kind="stable")
+    return a[order], b[order], w[order]
 
 
 def _groups_of_sample(sim: np.ndarray) -> np.ndarray | None:

@@ -56,6 +56,46 @@ def test_agreement_by_cut_equals_sklearn_on_every_cut():  # type: ignore[no-unty
         assert np.allclose(_agreement_by_cut(a, b, groups), expected)
 
 
+def test_spanning_tree_is_a_maximum_one_with_the_same_cuts_as_scipys():  # type: ignore[no-untyped-def]
+    """The dense spanning tree against scipy's (on the matrix it used to be given): the same
+    total weight, and at every distinct weight the same partition (ties may pick other edges,
+    and the suggestion only cuts between distinct weights)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
+
+    from icas_ray.threshold import _spanning_tree
+
+    def components(a, b, n):  # type: ignore[no-untyped-def]
+        return connected_components(coo_matrix((np.ones(len(a)), (a, b)), shape=(n, n)),
+                                    directed=False)[1]
+
+    rng = np.random.default_rng(1)
+    for n, levels in [(2, 0), (3, 0), (50, 0), (200, 0), (300, 65)]:  # 65 levels: imagehash's ties
+        sim = rng.uniform(0, 1, (n, n))
+        if levels:
+            sim = np.round(sim * (levels - 1)) / (levels - 1)
+        sim = (sim + sim.T) / 2
+        a, b, w = _spanning_tree(sim)
+        assert len(a) == n - 1 and np.all(np.diff(w) <= 0)
+        assert np.allclose(sim[a, b], w)
+        assert components(a, b, n).max() == 0  # spans every node
+        dist = (sim.max() + 1.0) - sim
+        np.fill_diagonal(dist, 0.0)
+        tree = minimum_spanning_tree(dist).tocoo()
+        assert np.isclose(w.sum(), ((sim.max() + 1.0) - tree.data).sum())
+        for t in np.unique(w):
+            keep, ref = w >= t, sim[tree.row, tree.col] >= t
+            mine = components(a[keep], b[keep], n)
+            theirs = components(tree.row[ref], tree.col[ref], n)
+            assert adjusted_rand(mine, theirs) == 1.0
+
+
+def adjusted_rand(x, y):  # type: ignore[no-untyped-def]
+    from sklearn.metrics import adjusted_rand_score
+
+    return adjusted_rand_score(x, y) if len(set(x)) > 1 or len(set(y)) > 1 else 1.0
+
+
 def test_curve_counts_pairs_and_images():  # type: ignore[no-untyped-def]
     values = np.array([0.9, 0.8, 0.5, 0.1])
     nearest = np.array([0.9, 0.9, 0.8, 0.5])

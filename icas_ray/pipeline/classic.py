@@ -99,18 +99,23 @@ def _threshold_sample(files: Sequence[FileInfo], config: ClusterConfig, journal:
     rows = np.array([i for i, f in enumerate(files) if f.uri in chosen], dtype=np.int64)
     progress.start("threshold", len(rows))
 
-    def decide(uris: list[str], features: Features) -> float:
+    def suggest(uris: list[str], features: Features) -> float:
         t = time.monotonic()
         sims = similarities(uris, features, method, len(files))
-        state.threshold = suggestion = suggest_threshold(sims.matrix, method)
-        state.threshold_source = "suggested"
-        journal.save_state(state, input_uri, config)
+        suggestion = suggest_threshold(sims.matrix, method)
         timings["threshold_s"] = round(time.monotonic() - t, 3)
-        progress.finish("threshold", f"no --threshold given: using the suggested {suggestion:.4f} "
-                                     f"(from {sims.n_images} sampled images; see `icas threshold`)")
+        notes.append(f"from {sims.n_images} sampled images")
         return suggestion
 
-    return ThresholdSample(rows=rows, decide=decide)
+    def record(suggestion: float) -> None:
+        state.threshold = suggestion
+        state.threshold_source = "suggested"
+        journal.save_state(state, input_uri, config)
+        progress.finish("threshold", f"no --threshold given: using the suggested {suggestion:.4f} "
+                                     f"({notes[-1]}; see `icas threshold`)")
+
+    notes: list[str] = []
+    return ThresholdSample(rows=rows, suggest=suggest, record=record)
 
 
 def cluster(input_uri: str, output: str | None = None, config: ClusterConfig | None = None, *,

@@ -12,12 +12,13 @@
 
 from __future__ import annotations
 
+
 import logging
 import os
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -236,11 +237,14 @@ class ThresholdSample:
 
     Attributes:
         rows: the sample's indices in the listing.
-        decide: ``(uris, features) -> threshold``, given the readable sampled images.
+        suggest: ``(uris, features) -> threshold``, given the readable sampled images; it runs
+            in a thread of the driver, beside the feature stage, and touches nothing shared.
+        record: keeps the threshold decided (the run's state, progress), in the driver's loop.
     """
 
     rows: np.ndarray
-    decide: Callable[[list[str], Features], float]
+    suggest: Callable[[list[str], Features], float]
+    record: Callable[[float], None]
 
 
 class _SampleCollector:
@@ -277,8 +281,9 @@ def run_batches(files: Sequence[FileInfo], batches: np.ndarray, pending: set[int
     the pending batches.
 
     With ``sample`` (and no ``threshold``), the sampled images are extracted first and the
-    threshold is decided from their features as soon as all have arrived; batches complete
-    before then wait for it. Every file is read and extracted once.
+    threshold is suggested from their features as soon as all have arrived (in a thread,
+    while the other images' features are extracted); batches complete before then wait for
+    it. Every file is read and extracted once.
 
     Args:
         files, batches: the listing and each file's batch number.
@@ -371,39 +376,56 @@ def run_batches(files: Sequence[FileInfo], batches: np.ndarray, pending: set[int
             if block:
                 return
 
-    for part in parts:
-        seen += len(part["uri"])
-        progress.advance("features", seen, len(todo))
-        if collector is not None and threshold is None:
-            collector.add(part)
-            if collector.missing == 0:
-                threshold = sample.decide(*collector.features())  # type: ignore[union-attr]
-                for b in waiting:
-                    submit(b)
-                waiting.clear()
-        for b in np.unique(part["batch"]):
-            m = part["batch"] == b
-            buffers[int(b)].append({k: v[m] for k, v in part.items()})
-            counts[int(b)] += int(m.sum())
-            if counts[int(b)] == expected[int(b)]:
-                submit(int(b))
-        reap(block=False)
-        # While feature tasks are queued, Ray keeps their workers for them: a batch task
-        # gets a CPU when the queue runs dry. Waiting for batch tasks here (as a cap on
-        # their number did) emptied the queue several times a job, each time leaving CPUs
-        # idle; only the rows they hold are capped.
-        while in_flight and (sum(held.values()) > _MAX_BATCH_BYTES_IN_FLIGHT
-                             or len(in_flight) > _MAX_BATCHES_IN_FLIGHT):
-            reap(block=True)
-    if timings is not None:
-        timings["features_s"] = round(time.monotonic() - t_features, 3)
-        if task_starts:  # clipped: a worker's clock on another node may differ a little
-            wait = min(task_starts) - t_features_epoch
-            timings["features_wait_s"] = round(min(max(wait, 0.0), timings["features_s"]), 3)
-    if collector is not None and threshold is None:  # defensive: sampled rows arrived short
-        threshold = sample.decide(*collector.features())  # type: ignore[union-attr]
+    def decided(block: bool) -> None:
+        """Once the suggestion is ready (``block``: wait for it), the batches waiting for it go."""
+        nonlocal threshold
+        if suggestion is None or threshold is not None or not (block or suggestion.done()):
+            return
+        threshold = float(suggestion.result())
+        sample.record(threshold)  # type: ignore[union-attr]
+        for b in waiting:
+            submit(b)
         waiting.clear()
-    for b in list(buffers):  # rows of a batch arrived short (defensive), or waited for the threshold
+
+    # The suggestion (the sample's matrix and HDBSCAN: 0.1 s for 1,000 imagehash images, over
+    # a second for ORB's matching) runs in a thread while this loop keeps the feature tasks
+    # coming: run here, it left the tasks' queue to run dry and the CPUs idle.
+    suggestion: Future[float] | None = None
+    suggester = ThreadPoolExecutor(1, thread_name_prefix="icas-threshold")
+    try:
+        for part in parts:
+            seen += len(part["uri"])
+            progress.advance("features", seen, len(todo))
+            if collector is not None and suggestion is None:
+                collector.add(part)
+                if collector.missing == 0:
+                    suggestion = suggester.submit(sample.suggest, *collector.features())  # type: ignore[union-attr]
+            decided(block=False)
+            for b in np.unique(part["batch"]):
+                m = part["batch"] == b
+                buffers[int(b)].append({k: v[m] for k, v in part.items()})
+                counts[int(b)] += int(m.sum())
+                if counts[int(b)] == expected[int(b)]:
+                    submit(int(b))
+            reap(block=False)
+            # While feature tasks are queued, Ray keeps their workers for them: a batch task
+            # gets a CPU when the queue runs dry. Waiting for batch tasks here (as a cap on
+            # their number did) emptied the queue several times a job, each time leaving CPUs
+            # idle; only the rows they hold are capped.
+            while in_flight and (sum(held.values()) > _MAX_BATCH_BYTES_IN_FLIGHT
+                                 or len(in_flight) > _MAX_BATCHES_IN_FLIGHT):
+                reap(block=True)
+        if timings is not None:
+            timings["features_s"] = round(time.monotonic() - t_features, 3)
+            if task_starts:  # clipped: a worker's clock on another node may differ a little
+                wait = min(task_starts) - t_features_epoch
+                timings["features_wait_s"] = round(min(max(wait, 0.0), timings["features_s"]), 3)
+        if collector is not None and suggestion is None:  # defensive: sampled rows arrived short
+            suggestion = suggester.submit(sample.suggest, *collector.features())  # type: ignore[union-attr]
+        decided(block=True)
+    finally:
+        suggester.shutdown(wait=True, cancel_futures=True)
+    for b in list(buffers):  # rows of a batch arrived short (defensive)
         submit(b)
     while in_flight:
         reap(block=True)
