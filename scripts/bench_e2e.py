@@ -44,7 +44,13 @@ not timed either). Its throughput (images / that time) is given as a % of the de
 same method; the given-threshold run is the headline (no threshold sample).
 
 Before the first row, one unmeasured run of imagededup and of icas on 50 images reads their
-libraries into the page cache.
+libraries into the page cache. Before every timed process (each tool's run, each floor), the
+input files are read once, untimed (``warm_inputs``): every tool starts with its input in the
+page cache. This machine's kernel pages out what was not touched for about a minute (DAMON
+``pageout``, ``age/min`` 12 intervals of 5 s): without it, a run that followed a long one
+read its images from disk (the same 20,000-image icas job's feature stage took 6.1 s with
+21,704 blocks read, 4.5 s right after). The libraries are not warmed the same way (the venvs are
+5.8-6.9 GB): a process start that finds them paged out is slower, for every tool alike.
 
 Writes ``<out-dir>/e2e.json`` (after every row) and ``<out-dir>/e2e.md``; ``--table`` prints the
 markdown tables of an existing e2e.json (what the README quotes).
@@ -197,6 +203,23 @@ def run_process(cmd: list[str], *, log: str, timeout: float) -> dict[str, Any]:
         res["log_tail"] = tail
         print(f"    FAILED (rc {rc}): {' '.join(cmd)}\n{tail}", flush=True)
     return res
+
+
+# -- the page cache --------------------------------------------------------------------------------
+def warm_inputs(paths: list[str]) -> float:
+    """Read every input file once (untimed), so that the next timed run finds them in the page
+    cache; returns the seconds it took (long when the kernel had paged them out)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def read(p: str) -> None:
+        with open(p, "rb") as f:
+            while f.read(1 << 20):
+                pass
+
+    t = time.perf_counter()
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(read, paths, chunksize=256))
+    return round(time.perf_counter() - t, 3)
 
 
 # -- the decode floor ------------------------------------------------------------------------------
@@ -528,9 +551,11 @@ def run(args: argparse.Namespace) -> int:
                 log = functools.partial(_log, t_bench, f"N={n} {method}")
                 row: dict[str, Any] = {"n": n, "method": method, "given_threshold": thr}
                 log("decode floor")
+                warm_inputs(paths)
                 row["floor"] = decode_floor(paths, m.default_read)
                 log(f"decode floor {row['floor']['images_per_s']} img/s")
                 if ded is not None:
+                    warm_inputs(paths)
                     r = run_imagededup(path, args.imagededup_threshold, ded["python"], work, args.process_timeout)
                     r["scores"] = _scores(truth, r.pop("pred", None))
                     row["imagededup"] = r
@@ -538,12 +563,14 @@ def run(args: argparse.Namespace) -> int:
                 for variant, t in (("suggested", None), ("given", thr)):
                     if variant in skip:
                         continue
+                    warm_inputs(paths)
                     r = run_icas(path, method, t, args.batch_size, work, args.process_timeout)
                     r["scores"] = _scores(truth, r.pop("pred", None))
                     row[f"icas_{variant}"] = r
                     log(f"icas {variant} (threshold {r.get('threshold')})", r)
                 # The floor again after icas's runs: the faster of all its passes is the bar, so
                 # that a machine slowed before the runs (or during them) lowers no bar.
+                warm_inputs(paths)
                 row["floor"] = faster_floor(row["floor"], decode_floor(paths, m.default_read))
                 log(f"decode floor again: {row['floor']['images_per_s']} img/s")
                 for variant in ("suggested", "given"):
@@ -552,6 +579,7 @@ def run(args: argparse.Namespace) -> int:
                         r["features_pct_of_floor"] = round(100 * r["features_images_per_s"]
                                                            / row["floor"]["images_per_s"], 1)
                 if "original" not in skip:
+                    warm_inputs(paths)
                     r = run_original(path, method, thr, args.batch_size, args.budget, work, args.process_timeout)
                     r["scores"] = _scores(truth, r.pop("pred", None))
                     row["original"] = r
@@ -674,7 +702,12 @@ def write_markdown(result: dict[str, Any], out_dir: str) -> None:
         "process and its descendants, sampled every 0.1 s: shared pages count once per process, so trees of "
         "many processes look larger than they are). Each tool's output is kept until the last timed run (this "
         "disk's ext4 has no journal and scans past every inode freed in the last minute on each file it "
-        "creates: deleting the previous tool's 20,000 copies slowed the next tool's by seconds).", "",
+        "creates: deleting the previous tool's 20,000 copies slowed the next tool's by seconds). Before every "
+        "timed process (each tool's run and each floor) the input files are read once, untimed: this machine's "
+        "kernel pages out what was not touched for about a minute (DAMON `pageout`), and a run that followed a "
+        "long one read its images from disk (the same 20,000-image icas job's feature stage: 6.1 s with 21,704 "
+        "blocks read, 4.5 s right after). The tools' libraries are not warmed (the venvs are 5.8-6.9 GB): a "
+        "process start that finds them paged out is slower, for every tool alike.", "",
         "* **icas**: `icas cluster INPUT --output OUT --method M --batch-size "
         f"{result['batch_size']}` (suggested threshold), and with `--threshold T` (given: the thresholds of "
         "`bench cluster`). A cold embedded Ray each time; its gcs, raylet and workers are in the driver's "
