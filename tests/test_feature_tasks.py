@@ -92,3 +92,47 @@ def test_an_embedded_ray_keeps_its_size(monkeypatch: pytest.MonkeyPatch) -> None
     list(stages._task_parts(todo, {"batch": np.zeros(400, int), "row": np.arange(400)}, {},
                             grows=False))
     assert max(peaks) == 4
+
+
+def _cut(total: int, first: int, slots: int) -> list[tuple[int, int]]:
+    from icas_ray.pipeline import stages
+
+    chunks, pos = [], 0
+    while pos < total:
+        n = stages._chunk_rows(pos, total, first, slots)
+        assert n > 0
+        chunks.append((pos, pos + n))
+        pos += n
+    return chunks
+
+
+@pytest.mark.parametrize("total,first,slots", [(20000, 0, 2), (20000, 1000, 2), (2000, 1000, 2),
+                                               (37, 10, 2), (100000, 1000, 64), (5, 0, 8)])
+def test_chunks_cover_the_listing_the_sample_on_its_own_large_first_small_last(
+        total: int, first: int, slots: int) -> None:
+    """Guided self-scheduling: every row in one chunk, the threshold's sample in equal chunks of
+    its own (one per slot), then chunks that only shrink, from at most ``_MAX_ROWS_PER_TASK``
+    down to ``_MIN_ROWS_PER_TASK`` or less at the end."""
+    from icas_ray.pipeline import stages
+
+    chunks = _cut(total, first, slots)
+    assert chunks[0][0] == 0 and chunks[-1][1] == total
+    assert all(a[1] == b[0] for a, b in zip(chunks, chunks[1:]))
+    sample = [c for c in chunks if c[0] < first]
+    assert all(stop <= first for _, stop in sample), "no chunk mixes the sample and the rest"
+    assert len(sample) <= max(slots, -(-first // stages._MAX_ROWS_PER_TASK))
+    rest = [stop - start for start, stop in chunks if start >= first]
+    assert rest == sorted(rest, reverse=True)
+    assert max(rest) <= stages._MAX_ROWS_PER_TASK
+    assert rest[-1] <= stages._MIN_ROWS_PER_TASK or len(rest) == 1
+
+
+def test_a_large_job_has_few_tasks_and_ends_on_small_ones() -> None:
+    """20,000 images on 2 CPUs: 40 fixed chunks of 512 rows before; now fewer tasks, and
+    the last few together take less than one large chunk (the CPUs finish together)."""
+    from icas_ray.pipeline import stages
+
+    sizes = [b - a for a, b in _cut(20000, 0, 2)]
+    assert len(sizes) < 30
+    assert sizes[0] == stages._MAX_ROWS_PER_TASK
+    assert sum(sizes[-4:]) < 200
