@@ -125,3 +125,26 @@ def test_a_lock_of_a_live_process_is_kept_and_a_dead_ones_taken(journal):
     assert json.load(open(uri))["pid"] == os.getpid()
     lock.release()
     assert not os.path.exists(uri)
+
+
+@pytest.mark.parametrize("n", [5, 40_000], ids=["16-bit indices", "32-bit indices"])
+def test_a_batch_checkpoint_keeps_every_edge_exactly(n):
+    """A checkpoint stores a batch's edge indices in 16 bits where they fit, 32 where the batch
+    is larger than 32,767 images: both come back as written."""
+    from icas_ray.clustering import BatchResult
+
+    rng = np.random.default_rng(0)
+    a = np.sort(rng.integers(0, n - 1, 1000))
+    b = np.minimum(a + 1 + rng.integers(0, 50, 1000), n - 1)
+    result = BatchResult(
+        batch=3, uris=np.array([f"/in/{i}.png" for i in range(n)], dtype=object),
+        sizes=np.arange(n), status=np.full(n, "ok", dtype=object), error=np.full(n, "", dtype=object),
+        labels=np.zeros(n, np.int64), edge_a=a.astype(np.int64), edge_b=b.astype(np.int64),
+        edge_sim=rng.random(1000, dtype=np.float32), comparisons=7, possible=9, complete=True,
+        rep_index=np.array([0]), rep_unit=np.array([0]), rep_features={"hash": np.ones((1, 4), np.uint64)})
+    back = BatchResult.from_bytes(result.to_bytes())
+    assert (b.max() > 32767) == (n > 32767)
+    np.testing.assert_array_equal(back.edge_a, a)
+    np.testing.assert_array_equal(back.edge_b, b)
+    np.testing.assert_array_equal(back.edge_sim, result.edge_sim)
+    assert list(back.uris) == list(result.uris) and back.comparisons == 7 and back.complete
