@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from icas_ray.clustering import BatchResult, MergeResult, batch_from_labels, merge_by_labels
+from icas_ray.clustering import MergeResult, batch_from_labels, merge_by_labels
 from icas_ray.errors import ConfigError
 from icas_ray.features import Features, concat_features
 from icas_ray.output import Layout
@@ -63,8 +63,9 @@ def _select(x: np.ndarray, config: ClusterConfig, seed: int = 0) -> tuple[np.nda
 
 
 def _deep_batch_task(batch: int, rows: dict[str, np.ndarray], config: ClusterConfig,
-                     threshold: float | None, layout: Layout, use_gpu: bool) -> BatchResult:
-    """Cluster one batch with the model the grid search picks; persist it and the choice."""
+                     threshold: float | None, layout: Layout, use_gpu: bool) -> int:
+    """Cluster one batch with the model the grid search picks; persist it and the choice
+    (returns the batch number: the result stays on storage, as the classic pipeline's)."""
     ok = rows["status"] == "ok"
     features: Features = {k[2:]: v[ok] for k, v in rows.items() if k.startswith("f_")}
     labels, chosen = _select(_matrix(features), config, seed=batch)
@@ -75,7 +76,7 @@ def _deep_batch_task(batch: int, rows: dict[str, np.ndarray], config: ClusterCon
     st = layout.storage
     st.write_text(_choice_uri(layout, batch), json.dumps(chosen, default=str))
     st.write_bytes(layout.batch_checkpoint(batch), result.to_bytes())  # last: marks it done
-    return result
+    return batch
 
 
 def _choice_uri(layout: Layout, batch: int) -> str:

@@ -311,7 +311,7 @@ def run_batches(files: Sequence[FileInfo], batches: np.ndarray, pending: set[int
         threshold: passed on to ``batch_task`` (None: decided from ``sample``, or none used).
         layout: where the batches' checkpoints go.
         progress: receives the features and batches phases.
-        batch_task: ``(batch, rows, config, threshold, layout, use_gpu) -> BatchResult``; it
+        batch_task: ``(batch, rows, config, threshold, layout, use_gpu) -> batch``; it
             persists the batch's checkpoint (where the merge reads it).
         sample: the threshold's sample, when the threshold is to be suggested.
         timings: receives ``features_s``, the feature stage's seconds (to its last image;
