@@ -707,7 +707,7 @@ def write_markdown(result: dict[str, Any], out_dir: str) -> None:
         "process and its descendants, sampled every 0.1 s: shared pages count once per process, so trees of "
         "many processes look larger than they are). Each tool's output is kept until the last timed run (this "
         "disk's ext4 has no journal and scans past every inode freed in the last minute on each file it "
-        "creates: deleting the previous tool's 20,000 copies slowed the next tool's by seconds).  This machine's kernel "
+        "creates: deleting the previous tool's 20,000 copies slowed the next tool's by seconds). This machine's kernel "
         "pages out what was not touched for about a minute (DAMON `pageout`), where a user's machine keeps a "
         "tool it has run before and its input in the page cache: so right before each measured run the tool "
         "runs once, unmeasured, on 50 images, and before every timed process (each run, each floor) the input "
