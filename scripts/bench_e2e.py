@@ -18,6 +18,10 @@ rooted at the child: the sum of VmRSS over the child and all its descendants, sa
   (pool started and warm), two before the method's runs and two after icas's. The classic methods read grey: icas then decodes the same way and converts to grey
   (more work than the floor's), and resizes the grey image where the floor resizes RGB (a
   third of that step, for the methods read at a fixed size: minhash, TM, SSIM).
+* **method loop**: the same pool and passes, its processes running the ``FeatureExtractor`` of
+  icas's feature tasks (read, decode at the method's read size, ``prepare``, ``extract_prepared``
+  per chunk): what the method itself allows on these cores, with no Ray, no per-batch
+  clustering and no threshold decision beside it.
 * **imagededup** (``imagededup==0.3.3.post2`` in its own venv with ``torch==2.14.1
   torchvision==0.29.1``, created by this script when missing): ``PHash().find_duplicates(image_dir,
   max_distance_threshold)``, the connected components of its duplicate map as clusters (single
@@ -41,7 +45,9 @@ same cores; older summaries: ``timings.batches_s``, which adds the last batches'
 ``timings.features_wait_s`` (its wait for the first task to start: Ray's worker processes still
 starting, a fixed cost of the process, shown in a column of its own, as the floor's pool start is
 not timed either). Its throughput (images / that time) is given as a % of the decode floor of the
-same method; the given-threshold run is the headline (no threshold sample).
+same method and as a % of the method loop (the floor shows what decoding allows, the loop what
+the method does; the rest is icas's framework and the clustering beside the features); the
+given-threshold run is the headline (no threshold sample).
 
 This machine's kernel pages out what was not touched for about a minute (DAMON ``pageout``,
 ``age/min`` 12 intervals of 5 s), where a user's machine keeps a tool it has run before and
@@ -257,26 +263,71 @@ def _floor_decode(paths: list[str]) -> int:
 
 def decode_floor(paths: list[str], read: Any) -> dict[str, Any]:
     """Images/s of decoding ``paths`` (and resizing as ``read`` says) on every core."""
+    return {**_timed_pool(paths, _floor_init, (read,), _floor_decode), "read": str(read)}
+
+
+#: The method loop's extractor in this pool process.
+_LOOP_EXTRACTOR: Any = None
+
+
+def _loop_init(method: str) -> None:
+    from icas_ray.features import get_method
+    from icas_ray.pipeline.stages import FeatureExtractor
+    from icas_ray.storage import Storage
+
+    global _LOOP_EXTRACTOR
+    # FeatureExtractor sets OpenCV to one thread, as in icas's feature tasks.
+    _LOOP_EXTRACTOR = FeatureExtractor(method, {}, Storage(), get_method(method).default_read)
+
+
+def _loop_extract(paths: list[str]) -> int:
+    import numpy as np
+
+    n = len(paths)
+    out = _LOOP_EXTRACTOR({"uri": np.array(paths, dtype=object), "size": np.zeros(n, np.int64),
+                           "batch": np.zeros(n, np.int64), "row": np.arange(n)})
+    bad = np.flatnonzero(out["status"] != "ok")
+    if len(bad):
+        raise ValueError(f"cannot extract {paths[bad[0]]}: {out['error'][bad[0]]}")
+    return n
+
+
+def method_loop(paths: list[str], method: str) -> dict[str, Any]:
+    """Images/s of icas's own per-image feature work on every core, without Ray.
+
+    A ``multiprocessing`` pool like the floor's whose processes each hold the
+    :class:`~icas_ray.pipeline.stages.FeatureExtractor` that icas's feature tasks run: reading,
+    ``icas_ray.images.decode`` at the method's read size, the method's ``prepare`` and its
+    ``extract_prepared`` per chunk. What the method itself allows on these cores: no Ray, no
+    per-batch clustering beside it, no threshold decision.
+    """
+    return _timed_pool(paths, _loop_init, (method,), _loop_extract)
+
+
+def _timed_pool(paths: list[str], init: Any, initargs: tuple[Any, ...], work: Any) -> dict[str, Any]:
+    """The faster of two timed maps of ``work`` over chunks of ``paths`` in a warm pool of one
+    process per CPU."""
     os.sync()
     import multiprocessing
 
     procs = os.cpu_count() or 1
     chunk = max(1, min(64, len(paths) // (procs * 8) or 1))
     chunks = [paths[i:i + chunk] for i in range(0, len(paths), chunk)]
-    with multiprocessing.get_context("fork").Pool(procs, initializer=_floor_init, initargs=(read,)) as pool:
-        pool.map(_floor_decode, [paths[:4]] * procs)  # warm: imports and first calls, not timed
+    with multiprocessing.get_context("fork").Pool(procs, initializer=init, initargs=initargs) as pool:
+        pool.map(work, [paths[:4]] * procs)  # warm: imports and first calls, not timed
         passes = []
         for _ in range(2):  # the faster of two passes: a pass slowed by the machine lowers no bar
             t = time.perf_counter()
-            done = sum(pool.map(_floor_decode, chunks, chunksize=1))
+            done = sum(pool.map(work, chunks, chunksize=1))
             passes.append(time.perf_counter() - t)
         s = min(passes)
     return {"processes": procs, "images": done, "seconds": round(s, 3), "images_per_s": round(done / s, 1),
-            "passes_s": [round(p, 3) for p in passes], "read": str(read)}
+            "passes_s": [round(p, 3) for p in passes]}
 
 
-def faster_floor(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    """One floor from two measurements of it: the faster pass of either, every pass listed."""
+def faster_of(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """One measurement (a floor, a method loop) from two of it: the faster pass of either, every
+    pass listed."""
     best = before if before["seconds"] <= after["seconds"] else after
     return {**best, "passes_s": before["passes_s"] + after["passes_s"]}
 
@@ -556,6 +607,9 @@ def run(args: argparse.Namespace) -> int:
                 warm_inputs(paths)
                 row["floor"] = decode_floor(paths, m.default_read)
                 log(f"decode floor {row['floor']['images_per_s']} img/s")
+                warm_inputs(paths)
+                row["method_loop"] = method_loop(paths, method)
+                log(f"method loop {row['method_loop']['images_per_s']} img/s")
                 if ded is not None:
                     run_imagededup(warm, args.imagededup_threshold, ded["python"], work, args.process_timeout)
                     warm_inputs(paths)
@@ -575,13 +629,20 @@ def run(args: argparse.Namespace) -> int:
                 # The floor again after icas's runs: the faster of all its passes is the bar, so
                 # that a machine slowed before the runs (or during them) lowers no bar.
                 warm_inputs(paths)
-                row["floor"] = faster_floor(row["floor"], decode_floor(paths, m.default_read))
+                row["floor"] = faster_of(row["floor"], decode_floor(paths, m.default_read))
                 log(f"decode floor again: {row['floor']['images_per_s']} img/s")
+                warm_inputs(paths)
+                row["method_loop"] = faster_of(row["method_loop"], method_loop(paths, method))
+                log(f"method loop again: {row['method_loop']['images_per_s']} img/s")
+                row["method_loop"]["pct_of_floor"] = round(100 * row["method_loop"]["images_per_s"]
+                                                           / row["floor"]["images_per_s"], 1)
                 for variant in ("suggested", "given"):
                     r = row.get(f"icas_{variant}") or {}
                     if "features_images_per_s" in r:
                         r["features_pct_of_floor"] = round(100 * r["features_images_per_s"]
                                                            / row["floor"]["images_per_s"], 1)
+                        r["features_pct_of_method_loop"] = round(100 * r["features_images_per_s"]
+                                                                 / row["method_loop"]["images_per_s"], 1)
                 if "original" not in skip:
                     run_original(warm, method, thr, args.batch_size, args.budget, work, args.process_timeout)
                     warm_inputs(paths)
@@ -644,8 +705,9 @@ def markdown_tables(result: dict[str, Any]) -> str:
                 "peak MiB of its process tree; ARI against the truth):", "",
                 "| method | original s | icas s (suggested / given) | imagededup s | icas speed-up vs original "
                 "(s / g) | vs imagededup (s / g) | peak MiB (orig / icas s / icas g / imagededup) "
-                "| ARI (orig / icas s / icas g / imagededup) | features % of floor (s / g) |",
-                "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                "| ARI (orig / icas s / icas g / imagededup) | features % of floor (s / g) "
+                "| method loop % of floor | features % of method loop (s / g) |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in rows:
             t_o, t_s, t_g, t_d = (_time(r, k) for k in ("original", "icas_suggested", "icas_given", "imagededup"))
             extrap = _get(r, "original", "reference", "extrapolated")
@@ -666,6 +728,9 @@ def markdown_tables(result: dict[str, Any]) -> str:
                            + [_f(_get(r, k, "scores", "ari"), 3) for k in ("icas_suggested", "icas_given", "imagededup")]),
                 f"{_f(_get(r, 'icas_suggested', 'features_pct_of_floor'), 0)} / "
                 f"{_f(_get(r, 'icas_given', 'features_pct_of_floor'), 0)}",
+                _f(_get(r, "method_loop", "pct_of_floor"), 0),
+                f"{_f(_get(r, 'icas_suggested', 'features_pct_of_method_loop'), 0)} / "
+                f"{_f(_get(r, 'icas_given', 'features_pct_of_method_loop'), 0)}",
             ]) + " |")
         out.append("")
     return "\n".join(out)
@@ -673,8 +738,9 @@ def markdown_tables(result: dict[str, Any]) -> str:
 
 def _breakdown(result: dict[str, Any]) -> list[str]:
     md = ["| N | method | run | threshold | process s | to Ray ready s | listing s (wait) | threshold s | batches s "
-          "| first task wait s | merge s | writing s | rest s | features img/s | floor img/s | processes in tree |",
-          "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+          "| first task wait s | merge s | writing s | rest s | features img/s | floor img/s | method loop img/s "
+          "| processes in tree |",
+          "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in result["rows"]:
         for v in ("suggested", "given"):
             x = r.get(f"icas_{v}")
@@ -685,7 +751,8 @@ def _breakdown(result: dict[str, Any]) -> list[str]:
                 str(r["n"]), r["method"], v, _f(x["threshold"], 4), _f(x["wall_s"]), _f(x.get("ray_ready_s")),
                 f"{_f(tm.get('listing_s'), 2)} ({_f(_listing_wait(tm), 2)})", _f(tm.get("threshold_s"), 1), _f(tm.get("batches_s"), 1),
                 _f(tm.get("features_wait_s"), 2), _f(tm.get("merge_s"), 1), _f(tm.get("writing_s"), 1), _f(_rest(x)), _f(x["features_images_per_s"], 0),
-                _f(r["floor"]["images_per_s"], 0), str(x["tree_max_processes"]),
+                _f(r["floor"]["images_per_s"], 0), _f(_get(r, "method_loop", "images_per_s"), 0),
+                str(x["tree_max_processes"]),
             ]) + " |")
     return md
 
@@ -738,7 +805,13 @@ def write_markdown(result: dict[str, Any], out_dir: str) -> None:
         "the decode floor: a `multiprocessing` "
         "pool over all CPUs decoding the same files, the fastest of four passes, two before the method's runs and two after icas's (`cv2.imdecode` to RGB and the "
         "resize to the method's read size, as `icas_ray.images.decode` does for plain PNGs; icas's classic methods then convert to grey, "
-        "and resize grey pixels where the floor resizes RGB).", "",
+        "and resize grey pixels where the floor resizes RGB).",
+        "* **method loop**: what the method itself allows on these cores, without Ray: a pool like the floor's "
+        "whose processes run the `FeatureExtractor` of icas's feature tasks (reading, `icas_ray.images.decode` at "
+        "the method's read size, the method's `prepare` and `extract_prepared`) on the same files, the fastest "
+        "of four passes (two before the method's runs, two after icas's); *method loop % of floor* is its "
+        "throughput against the floor, *features % of method loop* icas's feature stage against it (what Ray, "
+        "the scheduling and the per-batch clustering beside the features cost).", "",
         markdown_tables(result),
         "Where icas's process time goes: *to Ray ready*: from the process's start to Ray's \"Started a local "
         "Ray instance\" in its log (Python start-up, imports, starting the embedded Ray); *listing s*: the "
