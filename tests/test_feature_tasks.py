@@ -136,3 +136,58 @@ def test_a_large_job_has_few_tasks_and_ends_on_small_ones() -> None:
     assert len(sizes) < 30
     assert sizes[0] == stages._MAX_ROWS_PER_TASK
     assert sum(sizes[-4:]) < 200
+
+
+@pytest.mark.parametrize("method", ["imagehash", "minhash", "TM", "SSIM", "ORB"])
+def test_the_warm_up_builds_the_extractor_the_first_task_uses(digits_dir: str, method: str) -> None:
+    """``warm_workers``' task builds the worker's extractor for the job and runs it once on a
+    generated image, so that the first feature task finds it built (and computes the same
+    features as an extractor built cold)."""
+    import glob
+
+    from icas_ray.pipeline import stages
+    from icas_ray.pipeline.config import ClusterConfig
+    from icas_ray.storage import Storage
+
+    job = stages.feature_job(ClusterConfig(method=method), Storage())
+    stages._TASK_EXTRACTOR = None
+    stages._warm_worker(job)
+    assert stages._TASK_EXTRACTOR is not None
+    warmed = stages._TASK_EXTRACTOR[1]
+    paths = sorted(glob.glob(f"{digits_dir}/*.png"))[:8]
+    batch = {"uri": np.array(paths, dtype=object), "size": np.zeros(8, np.int64),
+             "batch": np.zeros(8, np.int64), "row": np.arange(8)}
+    out = stages.extract_task(batch, **job)
+    assert stages._TASK_EXTRACTOR[1] is warmed, "the first task reuses the warmed extractor"
+    cold = stages.FeatureExtractor(**job)(batch)
+    assert list(out["status"]) == ["ok"] * 8
+    for key in (k for k in out if k.startswith("f_")):
+        np.testing.assert_array_equal(out[key], cold[key])
+
+
+def test_the_warm_up_leaves_a_model_to_the_first_task(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A method that loads a network (embedding) is not built by the warm-up: its workers
+    only import the stage (building it would load the model in every idle worker)."""
+    import ray
+
+    from icas_ray.pipeline import stages
+    from icas_ray.pipeline.config import ClusterConfig
+    from icas_ray.storage import Storage
+
+    sent: list[Any] = []
+
+    class Task:
+        def options(self, **kwargs: Any) -> Task:
+            return self
+
+        def remote(self, job: Any) -> None:
+            sent.append(job)
+
+    monkeypatch.setattr(ray, "remote", lambda fn: Task())
+    monkeypatch.setattr(stages, "cluster_cpus", lambda: 2.0)
+    config = ClusterConfig(method="embedding", method_params={"backbone": "resnet18", "weights": "random"},
+                           feature_compute="tasks")
+    stages.warm_workers(config, Storage())
+    assert sent == [None] * 4
+    stages.warm_workers(ClusterConfig(method="imagehash"), Storage())
+    assert sent[4:] and all(job is not None and job["method"] == "imagehash" for job in sent[4:])

@@ -51,11 +51,20 @@ def get_method(name: str, params: dict[str, Any] | None = None,
     Raises:
         ConfigError: unknown method or unknown/invalid parameter.
     """
+    cls = method_class(name)
+    return cls(cls.make_params(params or {}), read)
+
+
+def method_class(name: str) -> type[FeatureMethod]:
+    """The class of the method ``name`` (case-insensitive), without building one.
+
+    Raises:
+        ConfigError: unknown method.
+    """
     key = _ALIASES.get(str(name).lower())
     if key is None:
         raise ConfigError(f"unknown method {name!r}: must be one of {', '.join(method_names())}")
-    cls = _REGISTRY[key]
-    return cls(cls.make_params(params or {}), read)
+    return _REGISTRY[key]
 
 
 class FeatureMethod(ABC):

@@ -26,11 +26,12 @@ import numpy as np
 
 from icas_ray.errors import ConfigError, InputError
 from icas_ray.features import Features, get_method
+from icas_ray.features._base import method_class
 from icas_ray.images import ReadConfig
 from icas_ray.output import Layout
 from icas_ray.paths import is_inside
 from icas_ray.pipeline.journal import Journal, RunLock, RunState
-from icas_ray.pipeline.read import DecodeImages, read_bytes_batch
+from icas_ray.pipeline.read import STATUS_OK, DecodeImages, read_bytes_batch
 from icas_ray.progress import Progress
 from icas_ray.runtime import ResourceConfig, check_gpu_request, cluster_cpus, init_ray, is_embedded
 from icas_ray.storage import FileInfo, Listing, Storage
@@ -100,7 +101,11 @@ class FeatureExtractor:
         self.storage = storage
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        decoded = self.decode(read_bytes_batch(batch, self.storage))
+        return self.extract_read(read_bytes_batch(batch, self.storage))
+
+    def extract_read(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """:meth:`__call__` on a batch already read (its ``bytes``, ``status``, ``error``)."""
+        decoded = self.decode(batch)
         ok = np.flatnonzero(decoded["status"] == "ok")
         prepared = [decoded["image"][i] for i in ok]
         feats = self.method.extract_prepared(prepared) if len(ok) else None
@@ -124,11 +129,23 @@ def extract_task(batch: dict[str, np.ndarray], *, method: str, params: dict[str,
                   storage: Storage, read: ReadConfig) -> dict[str, np.ndarray]:
     """:class:`FeatureExtractor` built once per worker process and job (Ray reuses task
     workers, so its tables, e.g. minhash's grid hashes, are built once)."""
+    return _task_extractor(method, params, storage, read)(batch)
+
+
+def _task_extractor(method: str, params: dict[str, Any], storage: Storage,
+                    read: ReadConfig) -> FeatureExtractor:
+    """This worker process's :class:`FeatureExtractor` for the job, built on first use."""
     global _TASK_EXTRACTOR
     key = (method, sorted(params.items()), storage.options, read)
     if _TASK_EXTRACTOR is None or _TASK_EXTRACTOR[0] != key:
         _TASK_EXTRACTOR = (key, FeatureExtractor(method, params, storage, read))
-    return _TASK_EXTRACTOR[1](batch)
+    return _TASK_EXTRACTOR[1]
+
+
+def feature_job(config: Any, storage: Storage) -> dict[str, Any]:
+    """What a feature task needs of the run: :func:`extract_task`'s keyword arguments."""
+    return {"method": config.method, "params": dict(config.method_params), "storage": storage,
+            "read": config.read_config()}
 
 
 #: Rows per call of the feature extractor (decoded pixels held at once), and per feature task
@@ -342,8 +359,7 @@ def run_batches(files: Sequence[FileInfo], batches: np.ndarray, pending: set[int
     # --gpu: the stages that use a GPU ask for one (so an autoscaling cluster adds GPU nodes);
     # without it nothing assumes a GPU, even where one is present.
     use_gpu = bool(config.gpu) and method.has_torch
-    job = {"method": config.method, "params": dict(config.method_params),
-           "storage": layout.storage, "read": config.read_config()}
+    job = feature_job(config, layout.storage)
     columns = {"batch": batches[sel], "row": sel}
     task_starts: list[float] = []
     if config.feature_compute == "actors":
@@ -528,20 +544,44 @@ def _import_driver_modules(config: Any) -> None:
         importlib.import_module(name)
 
 
-def _warm_worker() -> None:
+def _warm_worker(job: dict[str, Any] | None) -> None:
     """Import the feature stage in a Ray worker, as its first task would: this module (numpy,
-    OpenCV, the methods) when the task is unpickled, then the batch clustering."""
+    OpenCV, the methods) when the task is unpickled, then the batch clustering; with ``job``,
+    also build the worker's :class:`FeatureExtractor` and run it once on a generated image
+    (the method's tables, e.g. minhash's grid hashes, and the decoder's and OpenCV's first
+    calls: 20-50 ms that a worker's first feature task would otherwise spend)."""
     import icas_ray.clustering  # noqa: F401
 
+    if job is None:
+        return
+    import cv2
 
-def warm_workers(config: Any) -> None:
+    extractor = _task_extractor(**job)
+    side = 256
+    ramp = np.add.outer(np.arange(side), np.arange(side)).astype(np.uint8)
+    ok, png = cv2.imencode(".png", np.dstack([ramp, ramp.T, 255 - ramp]))
+    if not ok:
+        return
+    one = np.zeros(1, np.int64)
+    extractor.extract_read({"uri": np.array(["warm-up.png"], dtype=object), "size": one,
+                            "batch": one, "row": one, "bytes": np.array([png.tobytes()], dtype=object),
+                            "status": np.array([STATUS_OK], dtype=object),
+                            "error": np.array([""], dtype=object)})
+
+
+def warm_workers(config: Any, storage: Storage) -> None:
     """Have Ray's idle workers import the feature stage while the driver still lists the
-    inputs (fire and forget: a worker that is busy or gone costs nothing)."""
+    inputs (fire and forget: a worker that is busy or gone costs nothing); with feature tasks
+    of a method that loads no model, each also builds its extractor for the job."""
     import ray
 
-    task = ray.remote(_warm_worker).options(num_cpus=1 if config.feature_compute == "tasks" else 0.25)
+    tasks = config.feature_compute == "tasks"
+    # A model-loading method's extractor (a network: seconds) is left to the first task.
+    warm = tasks and not method_class(config.method).loads_model
+    job = feature_job(config, storage) if warm else None
+    task = ray.remote(_warm_worker).options(num_cpus=1 if tasks else 0.25)
     for _ in range(max(1, int(2 * cluster_cpus()))):
-        task.remote()
+        task.remote(job)
 
 
 @dataclass
@@ -596,7 +636,7 @@ def open_run(input_uri: str, output: str | None, config: Any, storage: Storage,
             except BaseException:
                 listed.cancel()
                 raise
-            warm_workers(config)
+            warm_workers(config, journal.layout.storage)
             t_wait = time.monotonic()
             listing, batches, listing_s = listed.result()
             listing_wait_s = time.monotonic() - t_wait
