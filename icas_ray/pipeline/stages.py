@@ -25,8 +25,7 @@ from typing import Any
 import numpy as np
 
 from icas_ray.errors import ConfigError, InputError
-from icas_ray.features import Features, get_method
-from icas_ray.features._base import method_class
+from icas_ray.features import Features, get_method, method_class
 from icas_ray.images import ReadConfig
 from icas_ray.output import Layout
 from icas_ray.paths import is_inside
@@ -556,12 +555,13 @@ def _warm_worker(job: dict[str, Any] | None) -> None:
         return
     import cv2
 
+    before = _TASK_EXTRACTOR
     extractor = _task_extractor(**job)
+    if _TASK_EXTRACTOR is before:  # an earlier warm-up of this worker built and ran it
+        return
     side = 256
     ramp = np.add.outer(np.arange(side), np.arange(side)).astype(np.uint8)
-    ok, png = cv2.imencode(".png", np.dstack([ramp, ramp.T, 255 - ramp]))
-    if not ok:
-        return
+    _, png = cv2.imencode(".png", np.dstack([ramp, ramp.T, 255 - ramp]))
     one = np.zeros(1, np.int64)
     extractor.extract_read({"uri": np.array(["warm-up.png"], dtype=object), "size": one,
                             "batch": one, "row": one, "bytes": np.array([png.tobytes()], dtype=object),
