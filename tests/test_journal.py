@@ -148,3 +148,47 @@ def test_a_batch_checkpoint_keeps_every_edge_exactly(n):
     np.testing.assert_array_equal(back.edge_b, b)
     np.testing.assert_array_equal(back.edge_sim, result.edge_sim)
     assert list(back.uris) == list(result.uris) and back.comparisons == 7 and back.complete
+
+
+def test_cleanup_keeps_the_lock_temp_of_a_run_taking_the_lock_now(journal):
+    """CI race: run A cleaned its leftovers while run B was taking the lock: A removed B's
+    lock temp (B crashed) or B removed it first (A's delete failed): both runs failed."""
+    layout = journal.layout
+    holder = RunLock(layout)
+    holder.acquire()
+    fresh = layout.work_path(".lock.json.0123456789abcdef0123456789abcdef.tmp")
+    stale = layout.work_path(".lock.json.fedcba9876543210fedcba9876543210.tmp")
+    for uri in (fresh, stale):
+        open(uri, "wb").write(b"{}")
+    hour_ago = os.path.getmtime(stale) - 3600
+    os.utime(stale, (hour_ago, hour_ago))  # a kill -9 between the write and the link
+    assert journal.clean_leftovers() == 1
+    assert os.path.exists(fresh) and not os.path.exists(stale)
+    holder.release()
+
+
+def test_cleanup_does_not_fail_on_a_temp_that_is_gone_meanwhile(journal, monkeypatch):
+    st, layout = journal.storage, journal.layout
+    gone = layout.work_path(".state.json.0123456789abcdef0123456789abcdef.tmp")
+    os.makedirs(os.path.dirname(gone))
+    listed = [FileInfo(gone, 2)]  # listed, then removed by its writer before the delete
+    monkeypatch.setattr(st, "list_files", lambda uri: listed if uri == layout.work else [])
+    assert journal.clean_leftovers() == 0
+
+
+def test_a_lock_temp_removed_before_its_link_reports_the_holder(journal, monkeypatch):
+    """The other order of the race: the holder's cleanup took this run's temp before the
+    link; this run reports the run in the way, it does not crash."""
+    holder = RunLock(journal.layout)
+    holder.acquire()
+    real_link = os.link
+
+    def cleaned_first(src, dst):  # type: ignore[no-untyped-def]
+        os.unlink(src)
+        return real_link(src, dst)
+
+    monkeypatch.setattr(os, "link", cleaned_first)
+    with pytest.raises(ConfigError, match=f"in use by another icas run .*pid {os.getpid()}"):
+        RunLock(journal.layout).acquire()
+    monkeypatch.undo()
+    holder.release()

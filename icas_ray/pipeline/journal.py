@@ -96,6 +96,21 @@ def _alive(pid: int, start: str | None) -> bool:
     return start is None or now is None or now == start
 
 
+#: A lock temp younger than this may belong to a run taking the lock right now (it lives for
+#: the microseconds between its write and its link); an older one was left by a kill -9.
+_LOCK_TEMP_STALE_S = 60.0
+
+
+def _young_lock_temp(storage: Storage, uri: str, name: str) -> bool:
+    """True for another run's lock temp (local only: S3 locks have none) that may be in use."""
+    if is_remote(uri) or not name.startswith(".lock.json."):
+        return False
+    try:
+        return time.time() - os.path.getmtime(storage.fs(uri)[1]) < _LOCK_TEMP_STALE_S
+    except OSError:
+        return True  # gone meanwhile: nothing to remove
+
+
 class RunLock:
     """One run per output folder at a time.
 
@@ -131,8 +146,17 @@ class RunLock:
                 os.link(temp, path)
             except FileExistsError:
                 return False
+            except FileNotFoundError:
+                # the temp went before the link: only the holder's cleanup removes another
+                # run's lock temp (when it is stale), so a run holds the lock; it is reported
+                if os.path.isdir(os.path.dirname(path)):
+                    return False
+                raise
             finally:
-                os.unlink(temp)
+                try:
+                    os.unlink(temp)
+                except FileNotFoundError:
+                    pass
             return True
         bucket, key = path.split("/", 1)
         try:
@@ -223,9 +247,14 @@ class Journal:
             if not st.exists(folder):
                 continue
             for f in st.list_files(folder):
-                if is_temp_name(_name(f.uri)):
+                name = _name(f.uri)
+                if not is_temp_name(name) or _young_lock_temp(st, f.uri, name):
+                    continue
+                try:
                     st.delete(f.uri)
-                    removed += 1
+                except InputError:
+                    continue  # gone meanwhile (its writer renamed or removed it)
+                removed += 1
         if removed:
             logger.info("removed %d temporary files left by an interrupted run", removed)
         return removed
