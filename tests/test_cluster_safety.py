@@ -49,6 +49,29 @@ def _digests(folder: str) -> dict[str, int]:
     return out
 
 
+def _settle(folder: str, quiet_s: float = 2.0, limit_s: float = 60.0) -> None:
+    """Wait until nothing under ``folder`` has changed for ``quiet_s`` seconds (the writer
+    tasks of a killed run may still be finishing their group)."""
+    def snapshot() -> set[tuple[str, int]]:
+        seen = set()
+        for d, _, files in os.walk(folder):
+            for f in files:
+                try:
+                    seen.add((os.path.join(d, f), os.stat(os.path.join(d, f)).st_size))
+                except FileNotFoundError:
+                    seen.add((os.path.join(d, f), -1))  # renamed or removed meanwhile
+        return seen
+
+    deadline = time.monotonic() + limit_s
+    last, since = snapshot(), time.monotonic()
+    while time.monotonic() - since < quiet_s:
+        assert time.monotonic() < deadline, f"{folder} kept changing for {limit_s} s"
+        time.sleep(0.5)
+        now = snapshot()
+        if now != last:
+            last, since = now, time.monotonic()
+
+
 def _all_accounted(before: dict[str, int], src: str, out: str) -> None:
     """Every input's content is in the results or still in the input, exactly once."""
     now = _digests(os.path.join(out, "results"))
@@ -95,7 +118,7 @@ def test_move_resumed_beside_a_planted_file_keeps_both(digits200, tmp_path, rela
     assert r.returncode == 75, r.stderr[-2000:]
     # Writer tasks in flight when the driver died may still finish their group: let them end
     # before picking a destination that is still free (else the planted file races them).
-    time.sleep(5)
+    _settle(out_abs)
     plan = pd.read_parquet(os.path.join(out_abs, "_icas", "plan_all.parquet"))
     waiting = [(s, d) for s, d in zip(plan.src, plan.dst) if os.path.exists(s) and not os.path.exists(d)]
     assert waiting, "the failpoint left nothing to do"
