@@ -19,7 +19,7 @@ from typing import Any
 
 from icas_ray.errors import ConfigError
 
-__all__ = ["ResourceConfig", "check_gpu_request", "cluster_cpus", "cluster_gpus", "init_ray",
+__all__ = ["EMBEDDED_START_ENV", "ResourceConfig", "check_gpu_request", "cluster_cpus", "cluster_gpus", "init_ray",
            "is_embedded", "loopback_env", "stop_ray"]
 
 logger = logging.getLogger(__name__)
@@ -33,6 +33,17 @@ def loopback_env() -> dict[str, str]:
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # bind every port to 127.0.0.1
         "RAY_USAGE_STATS_ENABLED": "0",  # no usage report: nothing leaves the machine
     }
+
+
+#: Ray settings for an embedded start (each left as the user set it). The raylet's object
+#: manager connects to the plasma store its own thread starts a moment earlier; when the store's
+#: socket is not there yet, Ray's client sleeps ``raylet_client_connect_timeout_milliseconds``
+#: (1000) before it tries again: half or more of the embedded starts on a 2-core machine took
+#: 2.9 s instead of 1.9 s. Tries every 20 ms, for the same 10 s in all.
+EMBEDDED_START_ENV = {
+    "RAY_raylet_client_connect_timeout_milliseconds": "20",
+    "RAY_raylet_client_num_connect_attempts": "500",
+}
 
 
 @dataclass(frozen=True)
@@ -83,7 +94,7 @@ def init_ray(resources: ResourceConfig | None = None, *, lean: bool = False) -> 
     """
     resources = resources or ResourceConfig()
     if resources.address is None:
-        for key, value in loopback_env().items():
+        for key, value in {**loopback_env(), **EMBEDDED_START_ENV}.items():
             os.environ.setdefault(key, value)
         if "ray._private.ray_constants" in sys.modules:
             # Ray was imported before we could set the variable: apply it directly.
