@@ -39,10 +39,13 @@ def loopback_env() -> dict[str, str]:
 #: manager connects to the plasma store its own thread starts a moment earlier; when the store's
 #: socket is not there yet, Ray's client sleeps ``raylet_client_connect_timeout_milliseconds``
 #: (1000) before it tries again: half or more of the embedded starts on a 2-core machine took
-#: 2.9 s instead of 1.9 s. Tries every 20 ms, for the same 10 s in all.
+#: 2.9 s instead of 1.9 s. Tries every 20 ms, for the same 10 s in all. And the driver's
+#: shutdown sends its last task events (the dashboard's task list) to the GCS and waits for
+#: the answer, 0.25 s, though the embedded GCS is stopped right after: not sent.
 EMBEDDED_START_ENV = {
     "RAY_raylet_client_connect_timeout_milliseconds": "20",
     "RAY_raylet_client_num_connect_attempts": "500",
+    "RAY_task_events_shutdown_flush_timeout_ms": "0",
 }
 
 
