@@ -147,14 +147,21 @@ def _spanning_tree(sim: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return a[order], b[order], w[order]
 
 
-def _groups_of_sample(sim: np.ndarray) -> np.ndarray | None:
-    """HDBSCAN's groups of the sample (``(n,)`` labels, noise as singletons), or None if none."""
-    from sklearn.cluster import HDBSCAN
-
+def _group_distances(sim: np.ndarray) -> tuple[np.ndarray, int]:
+    """The distances HDBSCAN groups a (finite) sample by, and its ``min_cluster_size``."""
     dist = sim.max() - sim
     np.fill_diagonal(dist, 0.0)
-    labels = HDBSCAN(min_cluster_size=min(_MIN_GROUP, max(2, len(sim) // 4)), metric="precomputed",
-                     copy=False).fit(dist).labels_
+    return dist, min(_MIN_GROUP, max(2, len(sim) // 4))
+
+
+def _groups_of_sample(sim: np.ndarray) -> np.ndarray | None:
+    """HDBSCAN's groups of the sample (``(n,)`` labels, noise as singletons), or None if none.
+
+    :func:`icas_ray._hdbscan.hdbscan_labels`, scikit-learn's labels without importing
+    scikit-learn (a second of CPU beside the embedded Ray's start)."""
+    from icas_ray._hdbscan import hdbscan_labels
+
+    labels = hdbscan_labels(*_group_distances(sim))
     if labels.max() < 0:
         return None
     return np.where(labels >= 0, labels, labels.max() + 1 + np.arange(len(labels)))
@@ -199,6 +206,20 @@ def _agreement_by_cut(a: np.ndarray, b: np.ndarray, groups: np.ndarray) -> np.nd
     return np.where(top == expected, 1.0, ari)  # both partitions trivial: they agree
 
 
+def _finite_similarities(matrix: np.ndarray) -> np.ndarray | None:
+    """The sample's matrix as the suggestion reads it (float64, a non-finite value as the
+    lowest similarity, the diagonal as the highest), or None below 3 images or with no finite
+    pair."""
+    sim = np.array(matrix, dtype=np.float64)
+    np.fill_diagonal(sim, np.nan)
+    finite = np.isfinite(sim)
+    if len(sim) < 3 or not finite.any():
+        return None
+    sim[~finite] = np.nanmin(sim[finite])
+    np.fill_diagonal(sim, np.nanmax(sim))
+    return sim
+
+
 def suggest_threshold(matrix: np.ndarray, method: FeatureMethod) -> float:
     """A threshold from a sample's similarity matrix (the rule of the module docstring).
 
@@ -210,14 +231,10 @@ def suggest_threshold(matrix: np.ndarray, method: FeatureMethod) -> float:
         The suggested threshold, within the method's range.
     """
     lo, hi = method.threshold_range
-    sim = np.array(matrix, dtype=np.float64)
-    n = len(sim)
-    np.fill_diagonal(sim, np.nan)
-    finite = np.isfinite(sim)
-    if n < 3 or not finite.any():
+    sim = _finite_similarities(matrix)
+    if sim is None:
         return float(hi)
-    sim[~finite] = np.nanmin(sim[finite])
-    np.fill_diagonal(sim, np.nanmax(sim))
+    n = len(sim)
     a, b, weights = _spanning_tree(sim)
     groups = _groups_of_sample(sim)
     # Cut k keeps the k+1 strongest tree edges: n-k-1 components, thresholds between

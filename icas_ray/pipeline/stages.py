@@ -529,16 +529,22 @@ def pending_batches(state: RunState, config: Any, n_batches: int, root: str) -> 
 
 
 def _import_driver_modules(config: Any) -> None:
-    """Import what the driver needs once Ray is up (the threshold's HDBSCAN, the tables'
-    writer, Ray Data for an actor pool: seconds on a small machine) while ``ray.init`` waits
-    for Ray's processes."""
+    """Import what the driver needs once Ray is up (the tables' writer, the threshold's
+    suggestion, Ray Data for an actor pool, scikit-learn for a cluster model: seconds on a
+    small machine) while ``ray.init`` waits for Ray's processes.
+
+    Only what the run uses: these imports share the machine's CPUs with Ray's start
+    (``sklearn.cluster`` alone is about a second of CPU, which delayed a 2-core machine's
+    embedded Ray by as much; the threshold's HDBSCAN no longer needs it)."""
     import importlib
 
     names = ["pyarrow.parquet", "icas_ray.pipeline.results"]
     if getattr(config, "feature_compute", None) == "actors":
         names.append("ray.data")
-    if getattr(config, "threshold", None) is None or getattr(config, "cluster_model", None):
-        names += ["sklearn.cluster", "icas_ray.threshold"]
+    if getattr(config, "threshold", None) is None:
+        names.append("icas_ray.threshold")
+    if getattr(config, "cluster_model", None):
+        names.append("sklearn.cluster")
     for name in names:
         importlib.import_module(name)
 
