@@ -25,6 +25,8 @@ import math
 
 import numpy as np
 
+from icas_ray.graph import find_roots
+
 __all__ = ["hdbscan_labels"]
 
 
@@ -86,20 +88,11 @@ def _single_linkage(edges: tuple[np.ndarray, np.ndarray, np.ndarray]) -> list[tu
     a, b, w = edges
     order = np.argsort(w)
     n = len(w) + 1
-    parent = list(range(2 * n - 1))
+    parent = np.arange(2 * n - 1)
     size = [1] * n + [0] * (n - 1)
-
-    def find(x: int) -> int:
-        root = x
-        while parent[root] != root:
-            root = parent[root]
-        while parent[x] != root:  # path compression
-            parent[x], x = root, parent[x]
-        return root
-
     tree = []
     for label, k in enumerate(order.tolist(), start=n):
-        left, right = find(int(a[k])), find(int(b[k]))
+        left, right = find_roots(parent, np.array((a[k], b[k]))).tolist()
         size[label] = size[left] + size[right]
         tree.append((left, right, float(w[k]), size[label]))
         parent[left] = parent[right] = label
@@ -179,10 +172,11 @@ def _eom_labels(rows: list[tuple[int, int, float, int]], n: int) -> np.ndarray:
             selected[node] = False
             stability[node] = below
         else:
-            queue = list(children.get(node, []))
-            while queue:
-                selected[queue[0]] = False
-                queue.extend(children.get(queue.pop(0), []))
+            below_node = list(children.get(node, []))  # none of its descendants is a cluster
+            while below_node:
+                child = below_node.pop()
+                selected[child] = False
+                below_node.extend(children.get(child, []))
     clusters = sorted(c for c, keep in selected.items() if keep)
     label_of = {c: k for k, c in enumerate(clusters)}
     up = {child: parent for parent, child, _, _ in rows}

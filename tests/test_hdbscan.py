@@ -14,7 +14,7 @@ from sklearn.cluster import HDBSCAN
 
 from icas_ray._hdbscan import hdbscan_labels
 from icas_ray.features import get_method
-from icas_ray.images import decode
+from icas_ray.images import DecodeError, decode
 from icas_ray.threshold import _finite_similarities, _group_distances, _sample_matrix, sample_files
 
 METHODS = ["imagehash", "minhash", "TM", "SSIM", "ORB"]
@@ -63,13 +63,12 @@ def _sample_distances(folder: str, method_name: str, n: int) -> tuple[np.ndarray
     samples them."""
     from icas_ray.storage import Storage
 
-    method = get_method(method_name)
-    listing = Storage().scan_images(folder, sniff=False, exclude=())
+    method, storage = get_method(method_name), Storage()
     images = []
-    for f in sample_files(listing.files, n):
+    for f in sample_files(storage.scan_images(folder, sniff=False, exclude=()).files, n):
         try:
-            images.append(decode(Storage().read_bytes(f.uri), method.read))
-        except Exception:  # the broken files of the generated sets
+            images.append(decode(storage.read_bytes(f.uri), method.read))
+        except DecodeError:  # the broken files of the generated sets
             continue
     sim = _finite_similarities(_sample_matrix(method.extract(images), method))
     assert sim is not None
