@@ -291,6 +291,40 @@ def test_symlinks_are_followed_and_cycles_reported(tmp_path):
     assert os.path.isfile(elsewhere / "b0.png")  # a copy never touches a link's target
 
 
+def test_move_keeps_files_reached_through_a_symlinked_folder_outside_the_input(tmp_path):
+    """A move deletes what lives in the input only: a file reached through a symlinked
+    folder that leads out of the input is copied and stays where it is (as a symlinked
+    file's target does); a symlinked folder inside the input moves as usual."""
+    from PIL import Image
+
+    from icas_ray.pipeline.classic import cluster
+    from icas_ray.pipeline.config import ClusterConfig
+
+    src = tmp_path / "in"
+    (src / "real").mkdir(parents=True)
+    (src / "inner").mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for i in range(3):
+        Image.fromarray(_rgb(i)).save(src / "real" / f"a{i}.png")
+        Image.fromarray(_rgb(10 + i)).save(outside / f"b{i}.png")
+        Image.fromarray(_rgb(20 + i)).save(src / "inner" / f"c{i}.png")
+    os.symlink(outside, src / "real" / "lnk")
+    os.symlink(src / "inner", src / "alias")  # inside the input: one of the two is listed
+    os.symlink(outside / "b0.png", src / "linked_file.png")
+    before = {**_digests(str(src)), **_digests(str(outside))}
+    out = str(tmp_path / "out")
+    summary = cluster(str(src), out, ClusterConfig(threshold=0.9, batch_size=10, transfer="move"))
+    assert sorted(os.listdir(outside)) == ["b0.png", "b1.png", "b2.png"]  # all kept
+    assert os.path.islink(src / "real" / "lnk")
+    assert not os.path.lexists(src / "linked_file.png")  # the link itself was in the input
+    left = sorted(os.path.relpath(os.path.join(d, f), src) for d, _, fs in os.walk(src) for f in fs)
+    assert left == []  # everything that lives in the input moved
+    results = _digests(os.path.join(out, "results"))
+    assert {h: results.get(h, 0) >= 1 for h in before} == {h: True for h in before}
+    assert sorted(os.path.basename(u) for u in summary["kept_sources"]) == ["b0.png", "b1.png", "b2.png"]
+
+
 @pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs util-linux setpriv")
 def test_unreadable_folder_and_file_say_permission_denied(tmp_path):
     """Run as root without the capabilities that bypass file permissions (as a normal user)."""

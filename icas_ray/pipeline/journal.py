@@ -429,7 +429,7 @@ def _name(uri: str) -> str:
 
 def transfer_group(items: Sequence[tuple[str, str]], mode: str, storage: Storage, *,
                    existing: dict[str, int], records: dict[str, TransferRecord],
-                   record_dir: str) -> list[tuple[str, str]]:
+                   record_dir: str, keep: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
     """Copy or move a group of files ``(src, dst)`` idempotently; ``(dst, outcome)`` each,
     the outcome ``done``, ``skipped`` (finished earlier) or ``error: ...``.
 
@@ -440,6 +440,8 @@ def transfer_group(items: Sequence[tuple[str, str]], mode: str, storage: Storage
         existing: size of each destination that existed when the output was listed.
         records: this run's earlier transfers, by destination.
         record_dir: where this group's records are written.
+        keep: sources a move copies and never deletes (files that do not live in the input:
+            reached through a symlinked folder leading out of it).
 
     A destination counts as this run's only if recorded (or if its content hash equals the
     source's: then the copy was made and the record lost to a kill). A destination with
@@ -454,8 +456,8 @@ def transfer_group(items: Sequence[tuple[str, str]], mode: str, storage: Storage
     new: list[TransferRecord] = []
     # (src, dst, the md5 it must still have, None when just checked)
     delete: list[tuple[str, str, str | None]] = []
-    move = mode == "move"
     for src, dst in items:
+        move = mode == "move" and src not in keep
         try:
             rec = records.get(dst)
             if rec is not None and dst in existing:

@@ -26,7 +26,7 @@ from icas_ray.pipeline.journal import Journal, TransferRecord, transfer_group
 from icas_ray.pipeline.stages import failpoint
 from icas_ray.progress import Progress
 from icas_ray.runtime import cluster_cpus
-from icas_ray.storage import Listing, Storage, is_remote, is_temp_name
+from icas_ray.storage import Listing, Storage, is_remote, is_temp_name, outside_roots
 
 __all__ = ["write_results"]
 
@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 def _write_task(items: list[tuple[str, str]], mode: str, storage: Storage, existing: dict[str, int],
                 records: dict[str, TransferRecord], record_dir: str,
-                remote: bool) -> list[tuple[str, str]]:
+                remote: bool, keep: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
     """Transfer files in groups (each group's records are stored before its moved sources are
     deleted: :func:`icas_ray.pipeline.journal.transfer_group`); ``remote`` groups (to or from
     an object store) in threads."""
@@ -48,7 +48,7 @@ def _write_task(items: list[tuple[str, str]], mode: str, storage: Storage, exist
 
     def one(group: list[tuple[str, str]]) -> list[tuple[str, str]]:
         return transfer_group(group, mode, storage, existing=existing, records=records,
-                              record_dir=record_dir)
+                              record_dir=record_dir, keep=keep)
 
     return [r for part in map_io(one, groups, remote=remote, threads=8) for r in part]
 
@@ -58,8 +58,10 @@ def _thumbs_task(uris: list[str], storage: Storage) -> list[str | None]:
 
 
 def _write_files(plan: TransferPlan, mode: str, journal: Journal, plan_name: str,
-                 folder: str, config: Any, progress: Progress) -> dict[str, str]:
-    """Run the transfer plan with Ray tasks; returns ``{dst: outcome}``."""
+                 folder: str, config: Any, progress: Progress,
+                 keep: frozenset[str] = frozenset()) -> dict[str, str]:
+    """Run the transfer plan with Ray tasks; returns ``{dst: outcome}``. A move copies the
+    sources in ``keep`` and leaves them in place."""
     import ray
 
     st = journal.storage
@@ -84,7 +86,8 @@ def _write_files(plan: TransferPlan, mode: str, journal: Journal, plan_name: str
     task = ray.remote(_write_task).options(num_cpus=0.25 if remote else 1)
     pending = [task.remote(c, mode, st, {d: existing[d] for _, d in c if d in existing},
                            {d: records[d] for _, d in c if d in records},
-                           journal.records_dir(plan_name), remote) for c in chunks]
+                           journal.records_dir(plan_name), remote,
+                           frozenset(s for s, _ in c if s in keep)) for c in chunks]
     outcome: dict[str, str] = {}
     progress.start("writing", len(items))
     done_chunks = 0
@@ -171,9 +174,21 @@ def write_results(journal: Journal, config: Any, *, input_uri: str, listing: Lis
     sources = journal.current_locations(uris)
     plan_name = journal.plan_name(config.option)
     plan = journal.load_or_make_plan(plan_name, uris, folders, sources)
+    # A move deletes only what lives in the input (or in this output, from a dontmerge move):
+    # a file reached through a symlinked folder leading out of it is copied and left there.
+    keep: frozenset[str] = frozenset()
+    if config.transfer == "move":
+        srcs = [str(s) for s in plan.src]
+        by_folder = {os.path.dirname(s): s for s in srcs}  # one check per folder
+        out = {d for d, s in by_folder.items() if outside_roots(s, (input_uri, layout.root))}
+        keep = frozenset(s for s in srcs if os.path.dirname(s) in out)
+    if keep:
+        logger.warning("%d file(s) reached through a symlinked folder outside the input were "
+                       "copied, not moved (summary.json: kept_sources)", len(keep))
     t = time.monotonic()
     outcome = _write_files(plan, config.transfer, journal, plan_name,
-                           layout.path("results" if final is not None else "batches"), config, progress)
+                           layout.path("results" if final is not None else "batches"), config,
+                           progress, keep)
     timings["writing_s"] = time.monotonic() - t
     location = {u: d for u, d in zip(uris, plan.dst.astype(str))
                 if not outcome.get(str(d), "").startswith("error")}
@@ -186,6 +201,7 @@ def write_results(journal: Journal, config: Any, *, input_uri: str, listing: Lis
         "timings": {**{k: round(v, 3) for k, v in timings.items()},
                     "total_s": round(time.monotonic() - t_start, 3)},
         "transfer_errors": failed,
+        "kept_sources": sorted(keep),
         "unlisted": dict(listing.problems),
     }
     write_tables(layout, results, final, location, merge, listing.problems)
