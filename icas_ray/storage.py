@@ -39,6 +39,7 @@ from icas_ray.errors import ConfigError, InputError, StorageError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "absolute_uri",
     "FileInfo",
     "Listing",
     "Storage",
@@ -122,6 +123,15 @@ def outside_roots(uri: str, roots: Sequence[str]) -> bool:
         if not os.path.isdir(real) or folder == real or folder.startswith(real.rstrip(os.sep) + os.sep):
             return False
     return True
+
+
+def absolute_uri(uri: str) -> str:
+    """Local paths made absolute (``~`` expanded, no trailing separator), for what other
+    processes read (Ray workers do not share the caller's working directory); URIs without
+    a trailing ``/``."""
+    if "://" in uri:
+        return uri.rstrip("/")
+    return os.path.abspath(os.path.expanduser(uri)).rstrip(os.sep) or os.sep
 
 
 def _local_path(uri: str) -> str:

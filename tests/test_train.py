@@ -4,6 +4,7 @@ Ray Train runs on tiny generated digits (loss goes down, resume, early stop, use
 from __future__ import annotations
 
 import os
+import shutil
 from typing import Any
 
 import numpy as np
@@ -401,6 +402,19 @@ def test_two_epochs_lower_the_loss_then_a_rerun_resumes(digits64, tmp_path, caps
     assert code == 0 and "nothing left to train (3 epochs done)" in out
     code, _, err = _main([*argv, "--param", "embed_dim=4"], capsys)
     assert code == 1 and "holds a run of model conv_small" in err
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_relative_storage_and_input_are_the_callers(digits64, tmp_path, monkeypatch):
+    """``icas train ./images --storage ./model`` (the README's example): the checkpoints land
+    under the caller's working directory, not the Ray worker's."""
+    from icas_ray.train.trainer import train
+
+    shutil.copytree(digits64, tmp_path / "images")
+    monkeypatch.chdir(tmp_path)
+    r = train("./images", _config("./model", epochs=1))
+    assert (tmp_path / "model" / "best.pt").is_file() and (tmp_path / "model" / "last.pt").is_file()
+    assert r.checkpoint == str(tmp_path / "model" / "best.pt")
 
 
 @pytest.mark.usefixtures("ray_session")

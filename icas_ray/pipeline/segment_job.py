@@ -54,7 +54,7 @@ from icas_ray.segment.store import (
     encode_labels,
     encode_preview,
 )
-from icas_ray.storage import FileInfo, Storage
+from icas_ray.storage import FileInfo, Storage, absolute_uri
 
 __all__ = [
     "PresegmentConfig", "PresegmentPlan", "PresegmentSummary", "SamModel", "SegmentImages",
@@ -222,13 +222,6 @@ class SegmentImages:
                 "labels_uri": labels_uri, "seconds": seconds}
 
 
-def _absolute(uri: str) -> str:
-    """Local paths made absolute (listings return absolute paths); URIs unchanged."""
-    if "://" in uri:
-        return uri.rstrip("/")
-    return os.path.abspath(os.path.expanduser(uri)).rstrip(os.sep) or os.sep
-
-
 @dataclass
 class PresegmentPlan:
     """What a run will do, decided before Ray starts (see :func:`plan_presegment`)."""
@@ -273,8 +266,8 @@ def plan_presegment(config: PresegmentConfig, storage: Storage) -> PresegmentPla
                               "the job with --sam-checkpoint")
         raise ConfigError(f"--gpu: method {method.name} runs on CPUs only (only sam with "
                           "--sam-checkpoint uses a GPU): drop --gpu")
-    source = _absolute(config.input)
-    output = _absolute(config.output or default_output(config.input))
+    source = absolute_uri(config.input)
+    output = absolute_uri(config.output or default_output(config.input))
     if output == source:
         raise ConfigError(f"--output {config.output!r} is the input folder: choose another folder "
                           "(the default is INPUT_segmented)")

@@ -33,7 +33,7 @@ from icas_ray.pipeline.journal import Journal, RunLock, RunState
 from icas_ray.pipeline.read import STATUS_OK, DecodeImages, read_bytes_batch
 from icas_ray.progress import Progress
 from icas_ray.runtime import ResourceConfig, check_gpu_request, cluster_cpus, init_ray, is_embedded
-from icas_ray.storage import FileInfo, Listing, Storage
+from icas_ray.storage import FileInfo, Listing, Storage, absolute_uri
 
 __all__ = [
     "FeatureExtractor",
@@ -476,9 +476,7 @@ def run_batches(files: Sequence[FileInfo], batches: np.ndarray, pending: set[int
 def normalise_output(output: str) -> str:
     """One form for the output's URIs (plans, listings and records compare them as strings):
     local paths absolute, no trailing separator."""
-    if "://" not in output:
-        return os.path.abspath(os.path.expanduser(output))
-    return output.rstrip("/")
+    return absolute_uri(output)
 
 
 def check_paths(input_uri: str, output: str) -> None:

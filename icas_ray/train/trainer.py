@@ -19,6 +19,7 @@ Ray Train's own ``RunConfig(storage_path=...)`` gets an absolute local scratch f
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import tempfile
@@ -35,7 +36,7 @@ from icas_ray.errors import ConfigError, IcasError, InputError, ModelLoadError
 from icas_ray.params import check_fields
 from icas_ray.progress import NullProgress, Progress
 from icas_ray.runtime import ResourceConfig
-from icas_ray.storage import FileInfo, Storage
+from icas_ray.storage import FileInfo, Storage, absolute_uri
 
 if TYPE_CHECKING:
     import ray.data
@@ -257,6 +258,11 @@ def train(input_uri: str, config: TrainConfig, *, storage: Storage | None = None
     storage = storage or Storage()
     progress = progress or NullProgress()
     resources = resources or ResourceConfig()
+    # Ray Train's workers run in a directory of their own: relative paths are the caller's.
+    input_uri = absolute_uri(input_uri)
+    config = dataclasses.replace(
+        config, storage_uri=config.storage_uri and absolute_uri(config.storage_uri),
+        perceptual_weights=config.perceptual_weights and absolute_uri(config.perceptual_weights))
     best, last = _uris(storage, config)
     spec = _spec_of(config)
     weights = config.perceptual_weights
