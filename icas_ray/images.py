@@ -31,7 +31,7 @@ from PIL import ExifTags, Image, ImageFile, UnidentifiedImageError
 
 from icas_ray.errors import ConfigError
 
-__all__ = ["DEFAULT_MAX_PIXELS", "DecodeError", "ReadConfig", "decode", "resize", "to_gray"]
+__all__ = ["DEFAULT_MAX_PIXELS", "DecodeError", "ReadConfig", "decode", "resize", "to_gray", "upright_size"]
 
 logger = logging.getLogger(__name__)
 
@@ -177,6 +177,13 @@ def _orientation(im: Image.Image) -> int:
         logger.debug("ignoring unreadable EXIF data: %s", e)
         return 1
     return value if isinstance(value, int) and value in _ORIENT else 1
+
+
+def upright_size(im: Image.Image) -> tuple[int, int]:
+    """``(width, height)`` of an opened image as :func:`decode` returns it: its EXIF
+    orientation applied (a sideways-stored photo swaps them), read from the header alone."""
+    w, h = im.size
+    return (int(h), int(w)) if _orientation(im) in (5, 6, 7, 8) else (int(w), int(h))
 
 
 def _to_grey8(im: Image.Image) -> np.ndarray:

@@ -204,6 +204,32 @@ def test_export_coco_local_decodes_to_the_masks(tmp_path) -> None:
         assert api.annToMask(ann).sum() == ann["area"]
 
 
+def test_export_coco_of_an_exif_rotated_photo_is_upright(tmp_path) -> None:
+    """A JPEG stored 120 wide x 60 high with EXIF orientation 6 is painted upright (60 x 120,
+    as decode and the page show it): its COCO entry has the upright size and its masks."""
+    from PIL import Image
+
+    from icas_ray.images import decode
+
+    st, root = Storage(), str(tmp_path / "photos")
+    os.makedirs(root)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (120, 60), (90, 30, 10)).save(os.path.join(root, "rot.jpg"), exif=exif)
+    with open(os.path.join(root, "rot.jpg"), "rb") as fh:
+        assert decode(fh.read()).shape[:2] == (120, 60)  # upright: 120 rows, 60 columns
+    m = np.zeros((120, 60), bool)
+    m[10:50, 5:20] = True
+    lab.write_masks(st, root + "_segmented", "rot", {RED: m})
+    coco = lab.export_coco(root, root + "_segmented", str(tmp_path / "coco.json"))
+    (image,) = coco["images"]
+    assert (image["width"], image["height"]) == (60, 120)
+    from pycocotools import mask as cocomask
+
+    (ann,) = coco["annotations"]
+    assert np.array_equal(cocomask.decode(ann["segmentation"]).astype(bool), m)
+
+
 def test_export_coco_per_component(tmp_path) -> None:
     m = np.zeros((6, 9), bool)
     m[1:3, 1:3] = True

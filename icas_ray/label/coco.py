@@ -138,14 +138,17 @@ def decode_mask(data: bytes, uri: str) -> np.ndarray:
 
 
 def _image_size(storage: Storage, uri: str) -> tuple[int, int]:
-    """``(width, height)`` from the image's header (its first 64 KiB, else the whole file)."""
+    """``(width, height)`` of the upright image (as painted: EXIF orientation applied) from
+    its header (its first 64 KiB, else the whole file)."""
     from PIL import Image, UnidentifiedImageError
+
+    from icas_ray.images import upright_size
 
     for head in (True, False):
         data = storage.read_head(uri, 65536) if head else storage.read_bytes(uri)
         try:
             with Image.open(io.BytesIO(data)) as im:
-                return int(im.size[0]), int(im.size[1])
+                return upright_size(im)
         except (UnidentifiedImageError, OSError, SyntaxError):
             if not head:
                 raise InputError(f"{uri!r} is not a readable image: its masks cannot be "
