@@ -61,6 +61,15 @@ def test_resume_rules(journal):
         journal.prepare("/in", config)
 
 
+def test_a_run_stopped_before_its_threshold_resumes_with_the_one_given(journal):
+    """An unfinished run whose suggestion failed ("give --threshold explicitly") resumes with
+    the --threshold the message asked for."""
+    journal.save_state(RunState(False, None, ""), "/in", ClusterConfig(batch_size=10))
+    state = journal.prepare("/in", ClusterConfig(threshold=0.5, batch_size=10))
+    assert (state.resume, state.threshold, state.threshold_source) == (True, 0.5, "given")
+    assert journal.prepare("/in", ClusterConfig(batch_size=10)).threshold is None
+
+
 def test_overwrite_keeps_the_lock_and_refuses_after_a_move(journal):
     st, layout = journal.storage, journal.layout
     lock = RunLock(layout)

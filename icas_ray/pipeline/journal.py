@@ -298,6 +298,10 @@ class Journal:
         if config.threshold is not None and thr is not None and abs(config.threshold - thr) > 1e-12:
             raise ConfigError(f"{layout.root!r} holds an unfinished run with threshold {thr}: rerun "
                               "with the same --threshold to resume, or pass --overwrite")
+        if thr is None and config.threshold is not None:
+            # The earlier run stopped before its threshold was decided (no batch is clustered
+            # without one): the one given now is the run's.
+            return RunState(True, config.threshold, "given", self.batches_done())
         return RunState(True, thr, previous.get("threshold_source", "given"), self.batches_done())
 
     def remove_previous(self) -> None:
