@@ -41,7 +41,7 @@ def command() -> None:
     \b
     Examples:
       icas label ./photos
-      icas label ./photos --method felzenszwalb -p scale=200
+      icas label ./photos --method felzenszwalb -p segment_scale=200
       icas label ./photos --presegmented ./photos_segmented
       icas label ./clusters/results/cluster_3 --sam-url http://gpu-node:8000 --sam-token T
       icas label export ./photos --format coco --labels classes.json
