@@ -229,6 +229,41 @@ def test_a_reload_and_a_restart_resume_the_session(labelling) -> None:  # type: 
     assert sorted(session["done"]) == ["a.png"] and session["current"] == "b.png"
 
 
+def _tiny(name: str) -> Any:
+    """A ``setup`` that adds a 3x2 image (too small to segment) called ``name``."""
+    def setup(folder: str, tmp: str) -> dict[str, Any]:
+        write_png(os.path.join(folder, name), np.zeros((2, 3, 3), np.uint8))
+        return {}
+    return setup
+
+
+def test_an_image_that_cannot_be_segmented_is_stepped_over(labelling) -> None:  # type: ignore[no-untyped-def]
+    """n and p step over an image that fails to open (its error shown); the session keeps the
+    last image that opened, so a reload opens it."""
+    lab = labelling(["a.png", "c.png"], setup=_tiny("b_tiny.png"))
+    lab.ui.key("n")                     # b_tiny.png fails: its error, still on a.png
+    assert "too small" in lab.page.inner_text("#status")
+    assert lab.ui.js("icas.meta.name") == "a.png"
+    lab.ui.key("n")                     # on to c.png
+    assert lab.ui.js("icas.meta.name") == "c.png" and lab.ui.js("icas.index") == 2
+    lab.ui.key("p")                     # b_tiny.png fails again
+    lab.ui.key("p")
+    assert lab.ui.js("icas.meta.name") == "a.png" and lab.ui.js("icas.index") == 0
+    lab.ui.key("n")                     # fails; a reload opens the last image that opened
+    lab.open()
+    assert lab.ui.js("icas.meta.name") == "a.png"
+
+
+def test_a_first_image_that_cannot_be_segmented_leaves_the_page_usable(labelling) -> None:  # type: ignore[no-untyped-def]
+    lab = labelling(["b.png", "c.png"], setup=_tiny("a_tiny.png"))
+    assert "too small" in lab.page.inner_text("#status")
+    lab.ui.key("n")
+    assert lab.ui.js("icas.meta.name") == "b.png" and lab.ui.js("icas.index") == 1
+    lab.ui.click(*TL)
+    lab.ui.key(" ")
+    assert lab.masks() and all(m.startswith("b_mask_") for m in lab.masks())
+
+
 def test_quit_asks_before_dropping_unsaved_paint_and_stops_the_server(labelling) -> None:  # type: ignore[no-untyped-def]
     import requests
 

@@ -147,8 +147,8 @@ class LabelState:
         }
 
     def open(self, entry: ImageEntry) -> dict[str, Any]:
-        self.session.move(entry.index)
         p = self.preparer.get(entry.index)
+        self.session.move(entry.index)  # only once it opens: a reload must not land on an error
         self.preparer.prefetch(entry.index, self.config.prefetch)
         meta = {"id": entry.index, "name": entry.rel, "done": entry.rel in self.session.done,
                 **self.preparer.describe(p), "paint": None, "proposal": None}

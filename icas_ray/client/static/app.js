@@ -17,7 +17,7 @@
 
   // Everything tests and the benchmark read (window.icas).
   const app = {
-    ready: false, busy: 0, pending: 0, state: null, index: -1, meta: null, painting: null,
+    ready: false, busy: 0, pending: 0, state: null, index: -1, tried: null, meta: null, painting: null,
     palette: [], colour: 1, mode: "paint", continuous: null, debug: false, dirty: false,
     cutPoints: [], grabcut: null, sam: null, status: "", stopped: false,
     timing: { click: [], show: [] }, errors: [],
@@ -331,6 +331,9 @@
     if (!app.state || i < 0 || i >= app.state.images.length) return;
     const t0 = ev ? ev.timeStamp : performance.now();
     if (app.painting) app.painting.endStroke();
+    // n and p go on from the image asked for, whether it opened or not: one that cannot be
+    // opened (its error shown) is stepped over, not retried.
+    app.tried = i;
     const [meta, px] = await Promise.all([postJSON("/api/open", { id: i }), loadPixels(i)]);
     app.index = i;
     app.meta = meta;
@@ -376,8 +379,8 @@
     app.state = await getJSON("/api/state");
   }
 
-  function next(ev) { if (app.index + 1 < app.state.images.length) return go(app.index + 1, ev); }
-  function previous(ev) { if (app.index > 0) return go(app.index - 1, ev); }
+  function next(ev) { const at = app.tried ?? app.index; if (at + 1 < app.state.images.length) return go(at + 1, ev); }
+  function previous(ev) { const at = app.tried ?? app.index; if (at > 0) return go(at - 1, ev); }
 
   async function save(ev) {
     const p = app.painting, from = app.index;
@@ -722,8 +725,11 @@
     await refreshState();
     bindKeys(app.state.keymap, app.state.actions);
     if (!localStorage.getItem("icas-help-seen")) { $("help").hidden = false; localStorage.setItem("icas-help-seen", "1"); }
-    await go(app.state.current);
-    app.ready = true;
+    try {
+      await go(app.state.current);
+    } finally {
+      app.ready = true;  // an image that cannot be opened shows its error; n and p go on
+    }
   }
 
   enqueue(start);
