@@ -291,6 +291,23 @@ def test_symlinks_are_followed_and_cycles_reported(tmp_path):
     assert os.path.isfile(elsewhere / "b0.png")  # a copy never touches a link's target
 
 
+def test_a_refused_run_leaves_no_output_behind(digits200, tmp_path):
+    """--option merge with no earlier batches is refused; the output it would have created is
+    not left behind (an output that existed before is kept)."""
+    from icas_ray.pipeline.classic import cluster
+    from icas_ray.pipeline.config import ClusterConfig
+
+    src = _input(digits200, tmp_path, count=5)
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError, match="needs the batch results of an earlier run"):
+        cluster(src, str(out), ClusterConfig(threshold=0.8, option="merge"))
+    assert not out.exists()
+    out.mkdir()
+    with pytest.raises(ConfigError, match="needs the batch results of an earlier run"):
+        cluster(src, str(out), ClusterConfig(threshold=0.8, option="merge"))
+    assert out.is_dir()
+
+
 def test_move_keeps_files_reached_through_a_symlinked_folder_outside_the_input(tmp_path):
     """A move deletes what lives in the input only: a file reached through a symlinked
     folder that leads out of the input is copied and stays where it is (as a symlinked

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from icas_ray.errors import ConfigError, InputError
+from icas_ray.errors import ConfigError, IcasError, InputError
 from icas_ray.features import Features, get_method, method_class
 from icas_ray.images import ReadConfig
 from icas_ray.output import Layout
@@ -622,6 +622,24 @@ def open_run(input_uri: str, output: str | None, config: Any, storage: Storage,
     # resumes from its saved listing all the same.
     if not storage.exists(input_uri) and config.option != "merge" and journal.state() is None:
         storage.list_images(input_uri)  # raises the one-line error for a missing path/bucket
+    fresh = not storage.exists(output)
+    opened = False
+    try:
+        with _opened(journal, input_uri, config, resources, progress) as run:
+            opened = True
+            yield run
+    except IcasError:
+        # Refused before it began (--option merge with no batches, no images, a GPU asked of
+        # a machine without): an output this run created holds nothing but its lock and state.
+        if fresh and not opened and storage.exists(output):
+            storage.delete_tree(output)
+        raise
+
+
+@contextmanager
+def _opened(journal: Journal, input_uri: str, config: Any, resources: ResourceConfig | None,
+            progress: Progress) -> Iterator[OpenRun]:
+    """The part of :func:`open_run` under the output's lock."""
     with RunLock(journal.layout).held():
         journal.clean_leftovers()
         state = journal.prepare(input_uri, config)
