@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import os
 import posixpath
+from collections.abc import Sequence
 
 from icas_ray.errors import StorageError
 
-__all__ = ["is_inside", "join_inside", "join_names_inside", "normalise_uri", "safe_relpath"]
+__all__ = ["is_inside", "join_inside", "join_names_inside", "normalise_uri", "outside_all", "safe_relpath"]
 
 
 def _scheme(uri: str) -> str:
@@ -77,6 +78,16 @@ def is_inside(root: str, uri: str) -> bool:
         return True
     sep = os.sep if _scheme(root) == "file" else "/"
     return u.startswith(r.rstrip(sep) + sep)
+
+
+def outside_all(folder: str, roots: Sequence[str]) -> bool:
+    """Whether a local ``folder`` lies under none of the local ``roots`` (:func:`is_inside`:
+    symlinks resolved): it was reached through a symlinked folder leading out of them. False
+    for an object store's folder, and when a root is a file (a single input file is its own)."""
+    local = [r for r in roots if _scheme(r) == "file"]
+    if _scheme(folder) != "file" or not all(os.path.isdir(normalise_uri(r)) for r in local):
+        return False
+    return not any(is_inside(r, folder) for r in local)
 
 
 def join_inside(root: str, rel: str) -> str:

@@ -48,7 +48,6 @@ __all__ = [
     "is_remote",
     "is_temp_name",
     "map_io",
-    "outside_roots",
     "parse_storage_options",
     "sniff_image",
 ]
@@ -107,22 +106,6 @@ def _scheme(uri: str) -> str:
     if "://" not in uri:
         return "file"
     return uri.split("://", 1)[0].lower()
-
-
-def outside_roots(uri: str, roots: Sequence[str]) -> bool:
-    """Whether a local file's folder, symlinks resolved, lies outside every one of ``roots``
-    (resolved): the file was reached through a symlinked folder that leads out of them, so
-    it is not theirs to delete. False for object stores and for a root that is a file."""
-    if is_remote(uri):
-        return False
-    folder = os.path.realpath(os.path.dirname(_local_path(uri)))
-    for root in roots:
-        if is_remote(root):
-            continue
-        real = os.path.realpath(_local_path(root))
-        if not os.path.isdir(real) or folder == real or folder.startswith(real.rstrip(os.sep) + os.sep):
-            return False
-    return True
 
 
 def absolute_uri(uri: str) -> str:

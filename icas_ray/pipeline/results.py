@@ -22,11 +22,12 @@ from icas_ray.output import (
     REPORT_PER_PAGE, Layout, TransferPlan, count_results, render_report, report_page_name,
     report_pages, thumbnails, write_tables,
 )
+from icas_ray.paths import outside_all
 from icas_ray.pipeline.journal import Journal, TransferRecord, transfer_group
 from icas_ray.pipeline.stages import failpoint
 from icas_ray.progress import Progress
 from icas_ray.runtime import cluster_cpus
-from icas_ray.storage import Listing, Storage, is_remote, is_temp_name, outside_roots
+from icas_ray.storage import Listing, Storage, is_remote, is_temp_name
 
 __all__ = ["write_results"]
 
@@ -179,8 +180,8 @@ def write_results(journal: Journal, config: Any, *, input_uri: str, listing: Lis
     keep: frozenset[str] = frozenset()
     if config.transfer == "move":
         srcs = [str(s) for s in plan.src]
-        by_folder = {os.path.dirname(s): s for s in srcs}  # one check per folder
-        out = {d for d, s in by_folder.items() if outside_roots(s, (input_uri, layout.root))}
+        out = {d for d in {os.path.dirname(s) for s in srcs}
+               if outside_all(d, (input_uri, layout.root))}
         keep = frozenset(s for s in srcs if os.path.dirname(s) in out)
     if keep:
         logger.warning("%d file(s) reached through a symlinked folder outside the input were "

@@ -43,7 +43,6 @@ __all__ = [
     "extract_task",
     "failpoint",
     "list_inputs",
-    "normalise_output",
     "open_run",
     "pending_batches",
     "run_batches",
@@ -473,12 +472,6 @@ def run_batches(files: Sequence[FileInfo], batches: np.ndarray, pending: set[int
 # Opening a run
 
 
-def normalise_output(output: str) -> str:
-    """One form for the output's URIs (plans, listings and records compare them as strings):
-    local paths absolute, no trailing separator."""
-    return absolute_uri(output)
-
-
 def check_paths(input_uri: str, output: str) -> None:
     """Refuse an output inside the input (or the reverse), compared on resolved paths (a
     symlink cannot hide it), before anything is written or Ray starts."""
@@ -614,7 +607,8 @@ def open_run(input_uri: str, output: str | None, config: Any, storage: Storage,
     Everything a user can fix fails here, with one line, before Ray starts (bar an input
     with no images: the listing runs beside Ray's start, which takes seconds).
     """
-    output = normalise_output(output or default_output(input_uri))
+    # One form for the output's URIs (plans, listings and records compare them as strings).
+    output = absolute_uri(output or default_output(input_uri))
     check_paths(input_uri, output)
     journal = Journal(Layout(output, storage))
     journal.check_output()
